@@ -1,0 +1,1 @@
+"""Kubernetes operator that turns DeepAgent resources into streaming worker Deployments."""

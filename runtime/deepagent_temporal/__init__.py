@@ -1,0 +1,1 @@
+"""Durable LangGraph / Deep Agents runs on Temporal with real-time token streaming."""
