@@ -1,0 +1,52 @@
+# deepagent-temporal: the README's two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint e2e-kind images deps system-deps k8s-binaries clean
+
+# Python environment: one editable install with every extra, rebuilt when pyproject changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[runtime,operator,dev]'
+	touch $@
+
+system-deps:
+	bash tests/tools/install-system-deps.sh
+
+# kube-apiserver, etcd, controller-manager, scheduler, kwok and helm, built once from
+# their Go modules and cached by version (skipped when KUBEBUILDER_ASSETS or an
+# existing cluster is used).
+k8s-binaries:
+	@if [ -n "$$USE_EXISTING_CLUSTER" ]; then echo "using existing cluster ($$KUBECONFIG)"; \
+	else bash tests/tools/build-k8s-binaries.sh; fi
+
+deps: $(VENV)/.installed system-deps k8s-binaries
+
+## demo: local Temporal + Redis + worker + example agent; streams one answer live.
+demo: $(VENV)/.installed system-deps
+	$(BIN)/deepagent-temporal demo
+
+## test: lint, then unit, integration (Temporal + Redis), k8s and e2e tests on real services.
+test: deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: prints the comparison tables (streaming latency/throughput, operator).
+bench: deps
+	$(BIN)/python bench/run.py
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+e2e-kind:
+	@echo "make e2e-kind: not implemented yet (issue C: kind end-to-end)" >&2; exit 2
+
+images:
+	@echo "make images: not implemented yet (issue C: container images)" >&2; exit 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
