@@ -42,11 +42,16 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## e2e-kind: kind cluster + images + helm + DeepAgent + a streaming client Job (needs Docker).
 e2e-kind:
-	@echo "make e2e-kind: not implemented yet (issue C: kind end-to-end)" >&2; exit 2
+	bash tests/e2e/kind/e2e-kind.sh
 
+IMAGE_TAG ?= dev
+## images: builds deepagent-temporal/runtime and deepagent-temporal/operator (needs Docker).
 images:
-	@echo "make images: not implemented yet (issue C: container images)" >&2; exit 2
+	@command -v docker >/dev/null || { echo "make images needs docker" >&2; exit 2; }
+	docker build -f runtime/Dockerfile -t deepagent-temporal/runtime:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t deepagent-temporal/operator:$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
