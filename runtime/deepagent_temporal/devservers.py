@@ -57,9 +57,12 @@ def find_binary(name: str, env_var: str | None = None) -> str:
 class ManagedProcess:
     """A child process in its own process group, with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path):
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+    ):
         self.name = name
         self.args = args
+        self.env = {**os.environ, **env} if env else None
         self.log_path = log_dir / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -71,6 +74,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=self.env,
                 start_new_session=True,
             )
         finally:
