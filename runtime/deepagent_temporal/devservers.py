@@ -168,9 +168,6 @@ class TemporalDevServer(_LocalServer):
             "--headless",
             "--log-level",
             "warn",
-            # Workflow Streams and our Phase 1 use updates; keep them fast locally.
-            "--dynamic-config-value",
-            "frontend.enableUpdateWorkflowExecution=true",
         ]
 
     def start(self, timeout: float = 90.0) -> None:
