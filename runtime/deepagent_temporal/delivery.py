@@ -1,0 +1,251 @@
+"""Client-side delivery: merge the Redis (Phase 2) and Temporal (Phase 1) token paths.
+
+``TokenStreamMerger`` receives events from both paths in any order, with duplicates
+(failover replays, at-least-once writes), and yields each event exactly once:
+
+- identity of an LLM call: ``(task_id or node, attempt, llm_call)``; of a token: that plus
+  ``index``. Tokens of one call are delivered in ``index`` order (0, 1, 2, ...); a token that
+  arrives ahead of a gap waits until the gap is filled (by the other path), or at most
+  ``gap_timeout`` seconds (``flush_stale``) / until the stream ends (``finish``).
+- ``reset`` for ``(task, attempt=a)``: delivered once; buffered and later events of that task
+  with ``attempt <= a`` are dropped (the client discards what it showed of that attempt).
+- ``llm_end`` carries ``token_count`` and is delivered after the call's last token.
+- every delivered event gets ``seq``, strictly increasing in delivery order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_INTERNAL_KEYS = ("redis_id", "replay")
+
+
+@dataclass
+class _CallBuf:
+    scope: Any
+    attempt: int
+    next_index: int = 0
+    started: bool = False
+    ended: bool = False
+    buf: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pending_end: dict[str, Any] | None = None
+    gap_since: float | None = None
+
+
+def _scope(ev: dict[str, Any]) -> Any:
+    return ev.get("task_id") or ev.get("node")
+
+
+class TokenStreamMerger:
+    """De-duplicating, ordering merger of token events from several paths. Not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        gap_timeout: float = 2.0,
+        start_seq: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gap_timeout = gap_timeout
+        self.clock = clock
+        self.seq = start_seq
+        self.completed = False
+        self._calls: dict[tuple, _CallBuf] = {}
+        self._resets: dict[Any, int] = {}
+        self._seen_resets: set[tuple] = set()
+        self.duplicates = 0
+        self.dropped_reset = 0
+        self.gaps = 0
+        self.delivered = 0
+
+    # -- core ----------------------------------------------------------------------------
+
+    def push(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        """Feed one event from any path; returns the events now deliverable, in order."""
+        t = ev.get("type", "token")
+        if t == "complete":
+            if self.completed:
+                self.duplicates += 1
+                return []
+            self.completed = True
+            out = self.finish()
+            out.append(self._deliver(ev))
+            return out
+        scope = _scope(ev)
+        attempt = int(ev.get("attempt") or 1)
+        if t == "reset":
+            key = (scope, attempt)
+            if key in self._seen_resets:
+                self.duplicates += 1
+                return []
+            self._seen_resets.add(key)
+            if attempt > self._resets.get(scope, 0):
+                self._resets[scope] = attempt
+            for ck, call in self._calls.items():
+                if ck[0] == scope and call.attempt <= attempt:
+                    self.dropped_reset += len(call.buf)
+                    call.buf.clear()
+                    call.pending_end = None
+                    call.gap_since = None
+            return [self._deliver(ev)]
+        if attempt <= self._resets.get(scope, 0):
+            self.dropped_reset += 1
+            return []
+        ck = (scope, attempt, ev.get("llm_call"))
+        call = self._calls.get(ck)
+        if call is None:
+            call = self._calls[ck] = _CallBuf(scope, attempt)
+        if t == "llm_start":
+            if call.started or call.next_index > 0 or call.ended:
+                self.duplicates += 1
+                return []
+            call.started = True
+            return [self._deliver(ev)]
+        if t == "llm_end":
+            if call.ended or call.pending_end is not None:
+                self.duplicates += 1
+                return []
+            count = ev.get("token_count")
+            if count is None or call.next_index >= count:
+                call.ended = True
+                return [self._deliver(ev)]
+            call.pending_end = ev
+            if call.gap_since is None:
+                call.gap_since = self.clock()
+            return []
+        # token
+        idx = int(ev.get("index") or 0)
+        if idx < call.next_index or idx in call.buf:
+            self.duplicates += 1
+            return []
+        if idx > call.next_index:
+            call.buf[idx] = ev
+            if call.gap_since is None:
+                call.gap_since = self.clock()
+            return []
+        call.started = True
+        out = [self._deliver(ev)]
+        call.next_index += 1
+        self._drain(call, out)
+        return out
+
+    def _drain(self, call: _CallBuf, out: list[dict[str, Any]]) -> None:
+        while call.next_index in call.buf:
+            out.append(self._deliver(call.buf.pop(call.next_index)))
+            call.next_index += 1
+        if call.pending_end is not None and call.next_index >= (
+            call.pending_end.get("token_count") or 0
+        ):
+            out.append(self._deliver(call.pending_end))
+            call.pending_end = None
+            call.ended = True
+        call.gap_since = self.clock() if (call.buf or call.pending_end) else None
+
+    def _deliver(self, ev: dict[str, Any]) -> dict[str, Any]:
+        out = dict(ev)
+        for k in _INTERNAL_KEYS:
+            out.pop(k, None)
+        self.seq += 1
+        out["seq"] = self.seq
+        self.delivered += 1
+        return out
+
+    def flush_stale(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Give up on gaps older than ``gap_timeout``: deliver what waits behind them."""
+        now = self.clock() if now is None else now
+        out: list[dict[str, Any]] = []
+        for call in self._calls.values():
+            if call.gap_since is not None and now - call.gap_since >= self.gap_timeout:
+                self._skip_gaps(call, out)
+        return out
+
+    def _skip_gaps(self, call: _CallBuf, out: list[dict[str, Any]]) -> None:
+        while call.buf:
+            first = min(call.buf)
+            if first > call.next_index:
+                self.gaps += first - call.next_index
+                call.next_index = first
+            self._drain(call, out)
+        if call.pending_end is not None:
+            out.append(self._deliver(call.pending_end))
+            call.pending_end = None
+            call.ended = True
+        call.gap_since = None
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The stream ended: deliver everything still buffered (gaps are skipped)."""
+        out: list[dict[str, Any]] = []
+        pending = [c for c in self._calls.values() if c.buf or c.pending_end is not None]
+        pending.sort(key=lambda c: c.gap_since or 0.0)
+        for call in pending:
+            self._skip_gaps(call, out)
+        return out
+
+    @property
+    def waiting(self) -> int:
+        """Number of events held back behind a gap."""
+        return sum(len(c.buf) + (c.pending_end is not None) for c in self._calls.values())
+
+    # -- async convenience -----------------------------------------------------------
+
+    async def amerge(
+        self,
+        *sources: AsyncIterator[dict[str, Any]],
+        stop_on_complete: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Merge async sources of events; ends at ``complete`` or when all sources end."""
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def pump(src: AsyncIterator[dict[str, Any]]) -> None:
+            try:
+                async for ev in src:
+                    queue.put_nowait(ev)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(done)
+
+        tasks = [asyncio.ensure_future(pump(s)) for s in sources]
+        live = len(tasks)
+        tick = max(self.gap_timeout / 4, 0.01)
+        try:
+            while live:
+                try:
+                    item = await asyncio.wait_for(queue.get(), tick if self.waiting else None)
+                except TimeoutError:
+                    for out in self.flush_stale():
+                        yield out
+                    continue
+                if item is done:
+                    live -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                for out in self.push(item):
+                    yield out
+                if stop_on_complete and self.completed:
+                    return
+            for out in self.finish():
+                yield out
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for src in sources:
+                aclose = getattr(src, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(BaseException):
+                        await aclose()
+
+
+__all__ = ["TokenStreamMerger"]
