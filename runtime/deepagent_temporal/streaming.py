@@ -301,6 +301,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
             # A nested subgraph / sub-agent call inside this task.
             namespace = list(self.namespace) + list(ns[len(self.namespace) :])
             node = (metadata or {}).get("langgraph_node", node)
+        elif node is None and metadata:
+            node = metadata.get("langgraph_node")
         call = _Call(
             llm_call=next(self._counter),
             node=node,
