@@ -1,0 +1,3 @@
+from deepagent_temporal.cli import main
+
+raise SystemExit(main())

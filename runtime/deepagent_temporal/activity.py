@@ -1,0 +1,381 @@
+"""Graph nodes as Temporal activities, and token capture injected into them.
+
+Workflow side: :func:`make_node_caller` replaces a node's function with a coroutine that
+runs the node as an activity (``workflow.execute_activity``), passing the node's state,
+and the serializable part of the LangGraph config.
+
+Activity side: :func:`make_node_activity` restores LangGraph's config (scratchpad,
+resume values for ``interrupt()``, runtime context) and calls the user's function,
+sync or async, unchanged. Whatever it returns (a state update, a ``Command``, a list
+of ``Command``s) travels back through :mod:`deepagent_temporal.converter`.
+
+Token capture is done by :class:`TokenStreamingInterceptor`, a worker activity
+interceptor: for each node activity it creates the streaming helper's
+``TokenCapturingHandler`` for the run context (workflow id, run id, node, attempt) and
+makes every chat-model call inside the activity see it through langchain-core's
+``register_configure_hook`` (a ContextVar, so nested sub-agents and middleware that
+make several calls are covered, and concurrent activities never mix). Phase 1 batches
+go to the workflow's ``WorkflowStream`` (topic ``tokens``) while the LLM call runs;
+before the activity returns, the handler is flushed and only its per-LLM-call summary
+stays in the activity result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from langgraph.errors import GraphInterrupt
+from temporalio import activity, workflow
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+logger = logging.getLogger(__name__)
+
+TOKENS_TOPIC = "tokens"
+CUSTOM_TOPIC = "custom"
+GRAPH_TOPIC = "graph"
+
+#: attribute set on node activity functions so the interceptor recognises them
+NODE_ACTIVITY_ATTR = "__deepagent_node__"
+
+
+@dataclass
+class NodeActivityInput:
+    """What a node activity receives: the node's positional/keyword args and config."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    langgraph_config: dict[str, Any]
+    node: str = ""
+    namespace: tuple[str, ...] = ()
+
+
+@dataclass
+class NodeActivityOutput:
+    """What a node activity returns (kept in Event History)."""
+
+    result: Any = None
+    interrupts: Any = None
+    #: per-LLM-call summaries from the token handler (``{"token_count": N, ...}``)
+    token_summary: list[dict[str, Any]] | None = None
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class ActivityStreamContext:
+    """Per-activity streaming state, set by the interceptor, read by the node wrapper."""
+
+    custom_writer: Callable[[Any], None] | None = None
+    handler: Any = None
+
+
+_stream_ctx: contextvars.ContextVar[ActivityStreamContext | None] = contextvars.ContextVar(
+    "deepagent_activity_stream_ctx", default=None
+)
+
+#: the ContextVar langchain-core's configure hook reads: every callback manager created
+#: while it holds a handler gets that handler (inheritable: child runs see it too).
+token_handler_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "deepagent_token_handler", default=None
+)
+_hook_registered = False
+
+
+def _ensure_configure_hook() -> None:
+    global _hook_registered
+    if _hook_registered:
+        return
+    from langchain_core.tracers.context import register_configure_hook
+
+    register_configure_hook(token_handler_var, inheritable=True)
+    _hook_registered = True
+
+
+# --------------------------------------------------------------------- activity side
+
+
+def make_node_activity(
+    activity_name: str, func: Callable[..., Any]
+) -> Callable[[NodeActivityInput], Awaitable[NodeActivityOutput]]:
+    """Build the activity function that runs one graph node."""
+    from temporalio.langgraph._langgraph_config import set_langgraph_config
+
+    try:
+        accepts_runtime = "runtime" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        accepts_runtime = False
+    is_async = inspect.iscoroutinefunction(func)
+
+    async def node_activity(input: NodeActivityInput) -> NodeActivityOutput:
+        ctx = _stream_ctx.get()
+        writer = ctx.custom_writer if ctx is not None else None
+        if writer is not None and not is_async:
+            loop = asyncio.get_running_loop()
+            inner = writer
+
+            def writer(value: Any) -> None:  # noqa: F811 - thread-safe variant
+                loop.call_soon_threadsafe(inner, value)
+
+        runtime = set_langgraph_config(input.langgraph_config, stream_writer=writer)
+        kwargs = dict(input.kwargs)
+        if accepts_runtime:
+            kwargs["runtime"] = runtime
+        try:
+            if is_async:
+                result = await func(*input.args, **kwargs)
+            else:
+                result = await asyncio.to_thread(func, *input.args, **kwargs)
+        except GraphInterrupt as exc:
+            return NodeActivityOutput(interrupts=exc.args[0])
+        return NodeActivityOutput(result=result)
+
+    node_activity.__name__ = activity_name.replace(".", "_")
+    setattr(node_activity, NODE_ACTIVITY_ATTR, activity_name)
+    return activity.defn(name=activity_name)(node_activity)
+
+
+# --------------------------------------------------------------------- workflow side
+
+
+def make_node_caller(
+    activity_fn: Callable[..., Any], node_name: str, options: dict[str, Any]
+) -> Callable[..., Awaitable[Any]]:
+    """Build the coroutine LangGraph calls (in the workflow) in place of the node."""
+    from temporalio.langgraph._langgraph_config import (
+        get_langgraph_config,
+        strip_runnable_config,
+    )
+
+    async def call_node(*args: Any, **kwargs: Any) -> Any:
+        if "config" in kwargs:
+            kwargs["config"] = strip_runnable_config(kwargs["config"])
+        kwargs.pop("runtime", None)  # rebuilt in the activity
+        lg_config = get_langgraph_config()
+        ns = lg_config.get("configurable", {}).get("checkpoint_ns", "") or ""
+        namespace = tuple(p.split(":")[0] for p in ns.split("|") if p)
+        opts = dict(options)
+        opts.setdefault("summary", node_name)
+        out: NodeActivityOutput = await workflow.execute_activity(
+            activity_fn,
+            NodeActivityInput(
+                args=args,
+                kwargs=kwargs,
+                langgraph_config=lg_config,
+                node=node_name,
+                namespace=namespace,
+            ),
+            **opts,
+        )
+        if out.token_summary:
+            _publish_summaries(out.token_summary)
+        if out.interrupts is not None:
+            raise GraphInterrupt(out.interrupts)
+        return out.result
+
+    return call_node
+
+
+def _publish_summaries(summaries: list[dict[str, Any]]) -> None:
+    """Workflow side: tell stream clients how many tokens each LLM call had.
+
+    Published to the in-memory workflow stream (no history event); the client merger
+    holds a call's ``llm_end`` until all its tokens arrived on either path.
+    """
+    from temporalio.contrib.workflow_streams._stream import _PUBLISH_SIGNAL
+
+    handler = workflow.get_signal_handler(_PUBLISH_SIGNAL)
+    stream = getattr(handler, "__self__", None)
+    if stream is None:
+        return
+    events = [
+        {
+            "type": "llm_end",
+            "token": "",
+            "source": "temporal",
+            "summary": True,
+            **{k: v for k, v in s.items() if k != "transport"},
+        }
+        for s in summaries
+    ]
+    stream.topic(TOKENS_TOPIC).publish(events)
+
+
+# ------------------------------------------------------------ token capture injection
+
+
+def _phase1_batch_interval() -> timedelta:
+    ms = float(os.environ.get("DEEPAGENT_PHASE1_BATCH_MS", "30"))
+    return timedelta(milliseconds=max(ms, 1.0))
+
+
+class _NodeActivityInbound(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, owner: TokenStreamingInterceptor):
+        super().__init__(next)
+        self._owner = owner
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        node_name = getattr(input.fn, NODE_ACTIVITY_ATTR, None)
+        if node_name is None:
+            return await self.next.execute_activity(input)
+        info = activity.info()
+        if info.workflow_id is None:
+            return await self.next.execute_activity(input)
+        return await self._owner.run_node_activity(self.next, input)
+
+
+class TokenStreamingInterceptor(Interceptor):
+    """Worker interceptor: streams custom events and LLM tokens out of node activities."""
+
+    def __init__(
+        self,
+        enable_token_streaming: bool = True,
+        redis_stream_backend: Any = None,
+        phase1_batch_interval: timedelta | None = None,
+    ) -> None:
+        self.enable_token_streaming = enable_token_streaming
+        self.redis_stream_backend = redis_stream_backend
+        self.phase1_batch_interval = phase1_batch_interval or _phase1_batch_interval()
+        if enable_token_streaming:
+            _ensure_configure_hook()
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _NodeActivityInbound(next, self)
+
+    def _make_handler(self, input: ExecuteActivityInput, publish: Callable[..., Any]) -> Any:
+        from deepagent_temporal.streaming import TokenCapturingHandler
+
+        info = activity.info()
+        node_input = input.args[0] if input.args else None
+        node = getattr(node_input, "node", "") or info.activity_type.split(".", 1)[-1]
+        namespace = list(getattr(node_input, "namespace", ()) or ())
+        return TokenCapturingHandler(
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            node=node,
+            namespace=namespace,
+            task_id=info.activity_id,
+            attempt=info.attempt,
+            redis=self.redis_stream_backend,
+            phase1_publish=publish,
+        )
+
+    async def run_node_activity(
+        self, next: ActivityInboundInterceptor, input: ExecuteActivityInput
+    ) -> Any:
+        from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+        stream = WorkflowStreamClient.from_within_activity(
+            batch_interval=self.phase1_batch_interval
+        )
+        tokens_topic = stream.topic(TOKENS_TOPIC)
+        custom_topic = stream.topic(CUSTOM_TOPIC)
+
+        async def phase1_publish(events: list[dict[str, Any]]) -> None:
+            # one stream item (and at most one signal per batch interval) per batch
+            if events:
+                tokens_topic.publish(list(events))
+
+        summaries: list[dict[str, Any]] | None = None
+        async with stream:
+            ctx = ActivityStreamContext(custom_writer=custom_topic.publish)
+            handler = None
+            if self.enable_token_streaming:
+                handler = self._make_handler(input, phase1_publish)
+                ctx.handler = handler
+            ctx_token = _stream_ctx.set(ctx)
+            handler_token = token_handler_var.set(handler) if handler is not None else None
+            try:
+                try:
+                    result = await next.execute_activity(input)
+                finally:
+                    if handler is not None:
+                        summaries = await handler.flush()
+            finally:
+                if handler_token is not None:
+                    token_handler_var.reset(handler_token)
+                _stream_ctx.reset(ctx_token)
+        if summaries and isinstance(result, NodeActivityOutput):
+            task_id = activity.info().activity_id
+            result = dataclasses.replace(
+                result, token_summary=[{**s, "task_id": task_id} for s in summaries]
+            )
+        return result
+
+
+async def finish_stream_activity_impl(backend: Any) -> bool:
+    """End of run: write the Redis ``complete`` entry (and re-send what Redis lost)."""
+    if backend is None:
+        return False
+    from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+    info = activity.info()
+    stream = WorkflowStreamClient.from_within_activity(batch_interval=timedelta(milliseconds=20))
+    topic = stream.topic(TOKENS_TOPIC)
+
+    async def phase1_publish(events: list[dict[str, Any]]) -> None:
+        if events:
+            topic.publish(list(events))
+
+    async with stream:
+        return await backend.publish_complete(
+            info.workflow_id, info.workflow_run_id, phase1_publish=phase1_publish
+        )
+
+
+FINISH_STREAM_ACTIVITY = "deepagent.finish_stream"
+
+
+def make_finish_stream_activity(backend: Any) -> Callable[..., Awaitable[bool]]:
+    async def finish_stream() -> bool:
+        return await finish_stream_activity_impl(backend)
+
+    return activity.defn(name=FINISH_STREAM_ACTIVITY)(finish_stream)
+
+
+# ------------------------------------------------------------------ seed-style API
+
+
+class StreamingNodeWrapper:
+    """Seed-compatible name for node-level token capture.
+
+    Token capture is injected by :class:`TokenStreamingInterceptor` for every node
+    activity (no wrapping of the user's nodes is needed); this wrapper marks a node
+    runnable as streamed and otherwise delegates to it unchanged.
+    """
+
+    def __init__(self, bound: Any, node_name: str = "") -> None:
+        self.bound = bound
+        self.node_name = node_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bound, name)
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bound.invoke(*args, **kwargs)
+
+    async def ainvoke(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.bound.ainvoke(*args, **kwargs)
+
+
+def wrap_graph_for_streaming(graph: Any) -> Any:
+    """Seed-compatible: returns ``graph`` unchanged.
+
+    Token capture happens in the worker's activity interceptor, so compiled graphs run
+    as they are; this function exists so code written against the seed API keeps
+    working.
+    """
+    return graph

@@ -1,0 +1,296 @@
+"""``TemporalDeepAgent``: the client API (and the worker factory) for one graph."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from langgraph.types import Command, StateSnapshot
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
+from temporalio.service import RPCError
+
+from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, TOKENS_TOPIC
+from deepagent_temporal.converter import with_data_converter
+from deepagent_temporal.workflow import WORKFLOW_NAME, RunRequest, RunState
+
+GRAPH_MODES = ("values", "updates", "custom")
+ALL_MODES = (*GRAPH_MODES, "tokens")
+
+
+class RunFailedError(RuntimeError):
+    """The run failed; raised by ``astream`` / ``ainvoke`` in the client process."""
+
+
+def _serializable_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    config = dict(config or {})
+    out: dict[str, Any] = {}
+    for key in ("recursion_limit", "tags", "metadata", "run_name"):
+        if key in config and config[key] is not None:
+            out[key] = config[key]
+    configurable = {
+        k: v
+        for k, v in (config.get("configurable") or {}).items()
+        if not k.startswith("__") and not callable(v)
+    }
+    if configurable:
+        out["configurable"] = configurable
+    return out
+
+
+class TemporalDeepAgent:
+    """Run a compiled LangGraph graph (e.g. ``create_deep_agent(...)``) on Temporal.
+
+    The same object serves both sides: ``create_worker()`` in the worker process,
+    ``ainvoke`` / ``astream`` / ``get_state`` / ``resume`` in any client process. Both
+    sides only need to agree on ``graph_name`` (default: the graph's name) and the task
+    queue.
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        client: Client,
+        *,
+        task_queue: str = "deepagent",
+        enable_token_streaming: bool = True,
+        redis_stream_backend: Any = None,
+        graph_name: str | None = None,
+        activity_options: dict[str, Any] | None = None,
+        poll_interval: timedelta = timedelta(milliseconds=5),
+    ) -> None:
+        self.graph = graph
+        self.client = with_data_converter(client)
+        self.task_queue = task_queue
+        self.enable_token_streaming = enable_token_streaming
+        self.redis_stream_backend = redis_stream_backend
+        # None (no graph in this process, e.g. the `run` CLI): the worker's only graph
+        self.graph_name = graph_name or getattr(graph, "name", None)
+        self.activity_options = activity_options
+        self.poll_interval = poll_interval
+
+    # ---------------------------------------------------------------- worker
+
+    def create_worker(self, **kwargs: Any) -> Any:
+        from deepagent_temporal.worker import create_streaming_worker
+
+        if self.graph is None:
+            raise ValueError("create_worker() needs the graph itself")
+        return create_streaming_worker(
+            self.graph,
+            self.client,
+            self.task_queue,
+            graph_name=self.graph_name,
+            redis_stream_backend=self.redis_stream_backend,
+            enable_token_streaming=self.enable_token_streaming,
+            activity_options=self.activity_options,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- runs
+
+    @staticmethod
+    def workflow_id_for(config: dict[str, Any] | None) -> str | None:
+        thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+        return str(thread_id) if thread_id is not None else None
+
+    def _handle(self, config: dict[str, Any] | None) -> WorkflowHandle:
+        wid = self.workflow_id_for(config)
+        if wid is None:
+            raise ValueError("config['configurable']['thread_id'] names the run")
+        return self.client.get_workflow_handle(wid)
+
+    async def astart(
+        self,
+        input: Any,
+        config: dict[str, Any] | None = None,
+        *,
+        stream_modes: list[str] | None = None,
+        **start_kwargs: Any,
+    ) -> WorkflowHandle:
+        """Start a run; returns its workflow handle (the workflow id is the thread id)."""
+        wid = self.workflow_id_for(config) or f"deepagent-{uuid.uuid4().hex}"
+        request = RunRequest(
+            graph=self.graph_name,
+            input=input,
+            config=_serializable_config(config),
+            stream_modes=list(stream_modes or ["values", "updates"]),
+        )
+        return await self.client.start_workflow(
+            WORKFLOW_NAME,
+            request,
+            id=wid,
+            task_queue=self.task_queue,
+            **start_kwargs,
+        )
+
+    async def _wait(self, handle: WorkflowHandle, after_pauses: int) -> RunState | None:
+        try:
+            return await handle.execute_update("wait", after_pauses, result_type=RunState)
+        except (WorkflowUpdateFailedError, RPCError):
+            return None
+
+    async def _outcome(self, handle: WorkflowHandle, after_pauses: int) -> Any:
+        state = await self._wait(handle, after_pauses)
+        if state is not None and state.status == "interrupted":
+            values = state.values if isinstance(state.values, dict) else {"value": state.values}
+            return {**values, "__interrupt__": list(state.interrupts)}
+        return await handle.result()
+
+    async def ainvoke(self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run to completion (or to the next interrupt) and return the graph's values.
+
+        ``ainvoke(Command(resume=value), config)`` resumes an interrupted run.
+        """
+        if isinstance(input, Command) and input.resume is not None:
+            return await self.resume(config, input.resume)
+        handle = await self.astart(input, config, **kwargs)
+        return await self._outcome(handle, 0)
+
+    async def get_state(self, config: dict[str, Any]) -> StateSnapshot:
+        handle = self._handle(config)
+        state: RunState = await handle.query("get_state", result_type=RunState)
+        return StateSnapshot(
+            values=state.values if state.values is not None else {},
+            next=tuple(state.next),
+            config={"configurable": {"thread_id": handle.id}},
+            metadata={"status": state.status, "step": state.step},
+            created_at=None,
+            parent_config=None,
+            tasks=(),
+            interrupts=tuple(state.interrupts),
+        )
+
+    async def resume(self, config: dict[str, Any], value: Any = None, *, wait: bool = True) -> Any:
+        """Answer the pending interrupt of the run named by ``config`` with ``value``.
+
+        With ``wait`` (default) returns like ``ainvoke``: the final values, or the values
+        with ``__interrupt__`` when the run pauses again.
+        """
+        handle = self._handle(config)
+        pauses = await handle.query("pause_count", result_type=int)
+        await handle.signal("resume", value)
+        if not wait:
+            return None
+        return await self._outcome(handle, pauses)
+
+    # -------------------------------------------------------------- streaming
+
+    async def astream(
+        self,
+        input: Any,
+        config: dict[str, Any] | None = None,
+        *,
+        stream_mode: str | list[str] = "values",
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
+        """Stream a run: ``values``, ``updates``, ``custom`` or ``tokens`` (or a list).
+
+        Ends when the run ends (or pauses at an interrupt); raises
+        :class:`RunFailedError` when the run fails. With a list of modes, yields
+        ``(mode, chunk)`` tuples. ``astream(Command(resume=v), config)`` resumes an
+        interrupted run and streams the rest of it.
+        """
+        modes = [stream_mode] if isinstance(stream_mode, str) else list(stream_mode)
+        for mode in modes:
+            if mode not in ALL_MODES:
+                raise ValueError(f"unknown stream_mode {mode!r}; expected one of {ALL_MODES}")
+        multi = not isinstance(stream_mode, str)
+
+        from_offset = 0
+        if isinstance(input, Command) and input.resume is not None:
+            handle = self._handle(config)
+            from_offset = await WorkflowStreamClient.create(self.client, handle.id).get_offset()
+            await handle.signal("resume", input.resume)
+            run_id = (await handle.describe()).run_id
+        else:
+            handle = await self.astart(
+                input,
+                config,
+                stream_modes=modes,
+                **kwargs,
+            )
+            run_id = handle.result_run_id or handle.first_execution_run_id
+        async for item in self._stream_run(handle, run_id, modes, from_offset):
+            mode, chunk = item
+            yield (mode, chunk) if multi else chunk
+
+    async def _stream_run(
+        self, handle: WorkflowHandle, run_id: str | None, modes: list[str], from_offset: int
+    ) -> AsyncIterator[tuple[str, Any]]:
+        topics = [GRAPH_TOPIC]
+        if "custom" in modes:
+            topics.append(CUSTOM_TOPIC)
+        want_tokens = "tokens" in modes
+        if want_tokens:
+            topics.append(TOKENS_TOPIC)
+        stream = WorkflowStreamClient.create(self.client, handle.id)
+        temporal_items = stream.subscribe(
+            topics, from_offset=from_offset, poll_cooldown=self.poll_interval
+        )
+        if not want_tokens:
+            async for kind, chunk in _graph_events(temporal_items, modes):
+                yield kind, chunk
+            await self._raise_if_failed(handle)
+            return
+        from deepagent_temporal.tokens import merge_token_stream
+
+        async for kind, chunk in merge_token_stream(
+            temporal_items,
+            workflow_id=handle.id,
+            run_id=run_id,
+            redis_backend=self.redis_stream_backend,
+            graph_modes=[m for m in modes if m != "tokens"],
+        ):
+            yield kind, chunk
+        await self._raise_if_failed(handle)
+
+    async def _raise_if_failed(self, handle: WorkflowHandle) -> None:
+        desc = await handle.describe()
+        status = desc.status.name if desc.status is not None else "RUNNING"
+        if status in ("RUNNING", "COMPLETED"):
+            return
+        try:
+            await handle.result()
+        except Exception as exc:
+            raise RunFailedError(_failure_message(exc)) from exc
+        raise RunFailedError(f"run {handle.id} ended with status {status}")
+
+
+def _failure_message(exc: BaseException) -> str:
+    parts = [str(exc)]
+    cause = exc.__cause__
+    while cause is not None:
+        parts.append(str(cause))
+        cause = cause.__cause__
+    return ": ".join(p for p in parts if p)
+
+
+async def _graph_events(items: AsyncIterator[Any], modes: list[str]) -> AsyncIterator[tuple[str, Any]]:
+    """Graph-topic events of a run until it ends, pauses or fails."""
+    async for item in items:
+        data = item.data
+        if item.topic == CUSTOM_TOPIC:
+            yield "custom", data
+            continue
+        if item.topic != GRAPH_TOPIC or not isinstance(data, dict):
+            continue
+        kind = data.get("kind")
+        if kind in ("end", "pause", "error"):
+            if kind == "pause" and "updates" in modes:
+                yield "updates", {"__interrupt__": tuple(data["data"]["interrupts"])}
+            return
+        if kind in modes:
+            yield kind, data.get("data")
+
+
+async def _drain(gen: AsyncIterator[Any]) -> None:
+    async for _ in gen:
+        await asyncio.sleep(0)

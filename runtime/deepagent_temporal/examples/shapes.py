@@ -1,0 +1,203 @@
+"""Small graphs of every shape the runtime supports; the integration tests run them.
+
+Each attribute is a compiled graph a worker can load, e.g.
+``DEEPAGENT_GRAPH=deepagent_temporal.examples.shapes:deep_agent``.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from deepagents import create_deep_agent
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command, Send, interrupt
+
+from deepagent_temporal.testing import ScriptedChatModel
+
+# --------------------------------------------------------------------- deep agents
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+DEEP_SCRIPT: list[Any] = [
+    {
+        "content": "I will add the numbers with the tool.",
+        "tool_calls": [{"name": "add", "args": {"a": 2, "b": 3}, "id": "call_add_1"}],
+    },
+    "The sum of 2 and 3 is 5, computed by the add tool.",
+]
+
+#: one tool call, two model calls
+deep_agent = create_deep_agent(
+    model=ScriptedChatModel(script=DEEP_SCRIPT, token_delay=0.003), tools=[add]
+)
+
+LONG_TEXT = " ".join(f"word{i}" for i in range(400)) + "."
+
+#: a long answer streamed slowly (for killing Redis mid-stream)
+long_agent = create_deep_agent(
+    model=ScriptedChatModel(
+        script=[
+            {
+                "content": "Adding first.",
+                "tool_calls": [{"name": "add", "args": {"a": 1, "b": 1}, "id": "call_add_2"}],
+            },
+            LONG_TEXT,
+        ],
+        token_delay=0.004,
+    ),
+    tools=[add],
+)
+
+#: the first attempt of every model activity fails after streaming 4 tokens
+flaky_agent = create_deep_agent(
+    model=ScriptedChatModel(
+        script=["This answer survives a failed first attempt of the activity."],
+        token_delay=0.002,
+        fail_after_tokens=4,
+        fail_attempts=(1,),
+    ),
+    tools=[add],
+)
+
+# ------------------------------------------------------------------ Send fan-out
+
+
+class FanState(TypedDict):
+    topics: list[str]
+    messages: Annotated[list, operator.add]
+
+
+_writer_model = ScriptedChatModel(
+    responder=lambda msgs: f"Notes about {msgs[-1].content}: " + " ".join(
+        f"{msgs[-1].content}-{i}" for i in range(40)
+    ),
+    token_delay=0.004,
+)
+
+
+def plan(state: FanState) -> dict:
+    return {}
+
+
+def fan_out(state: FanState) -> list[Send]:
+    return [Send("write", {"topic": t}) for t in state["topics"]]
+
+
+async def write(state: dict) -> dict:
+    reply = await _writer_model.ainvoke([HumanMessage(content=state["topic"])])
+    return {"messages": [reply]}
+
+
+def _fanout_graph() -> Any:
+    g = StateGraph(FanState)
+    g.add_node("plan", plan)
+    g.add_node("write", write)
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", fan_out, ["write"])
+    g.add_edge("write", END)
+    return g.compile(name="fanout")
+
+
+fanout = _fanout_graph()
+
+# --------------------------------------------------- sync/async, Command, subgraph
+
+
+class ShapeState(TypedDict, total=False):
+    trail: Annotated[list[str], operator.add]
+    n: int
+
+
+def _sub_graph() -> Any:
+    def inner(state: ShapeState) -> dict:
+        return {"trail": ["sub.inner"], "n": state.get("n", 0) + 10}
+
+    g = StateGraph(ShapeState)
+    g.add_node("inner", inner)
+    g.add_edge(START, "inner")
+    g.add_edge("inner", END)
+    return g.compile(name="sub")
+
+
+def _shapes_graph() -> Any:
+    def sync_node(state: ShapeState) -> dict:  # a closure, sync
+        get_stream_writer()({"progress": "sync_node"})
+        return {"trail": ["sync"], "n": state.get("n", 0) + 1}
+
+    async def async_node(state: ShapeState) -> Command:
+        get_stream_writer()({"progress": "async_node"})
+        return Command(update={"trail": ["async"]}, goto="sub")
+
+    def route(state: ShapeState) -> str:
+        return "async_node" if state.get("n", 0) >= 1 else END
+
+    g = StateGraph(ShapeState)
+    g.add_node("sync_node", sync_node)
+    g.add_node("async_node", async_node)
+    g.add_node("sub", _sub_graph())
+    g.add_node("unreached", lambda s: {"trail": ["unreached"]})
+    g.add_edge(START, "sync_node")
+    g.add_conditional_edges("sync_node", route, ["async_node", END])
+    g.add_edge("sub", END)
+    return g.compile(name="shapes")
+
+
+shapes = _shapes_graph()
+
+# -------------------------------------------------------------------- interrupts
+
+
+class ApprovalState(MessagesState):
+    decision: str
+
+
+def _approval_graph() -> Any:
+    def propose(state: ApprovalState) -> dict:
+        return {"messages": [AIMessage(content="I propose to deploy.")]}
+
+    def ask(state: ApprovalState) -> dict:
+        answer = interrupt({"question": "Deploy?"})
+        return {"decision": str(answer)}
+
+    def finish(state: ApprovalState) -> dict:
+        return {"messages": [AIMessage(content=f"Decision: {state['decision']}")]}
+
+    g = StateGraph(ApprovalState)
+    g.add_node("propose", propose)
+    g.add_node("ask", ask)
+    g.add_node("finish", finish)
+    g.add_edge(START, "propose")
+    g.add_edge("propose", "ask")
+    g.add_edge("ask", "finish")
+    g.add_edge("finish", END)
+    return g.compile(name="approval")
+
+
+approval = _approval_graph()
+
+# ---------------------------------------------------------------------- failures
+
+
+class BoomError(RuntimeError):
+    pass
+
+
+def _failing_graph() -> Any:
+    async def boom(state: MessagesState) -> dict:
+        raise BoomError("this node always fails")
+
+    g = StateGraph(MessagesState)
+    g.add_node("boom", boom)
+    g.add_edge(START, "boom")
+    g.add_edge("boom", END)
+    return g.compile(name="failing")
+
+
+failing = _failing_graph()

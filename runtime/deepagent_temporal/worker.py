@@ -1,0 +1,291 @@
+"""Worker construction: graphs registered with the LangGraph plugin, nodes as activities.
+
+The official ``temporalio.langgraph.LangGraphPlugin`` runs LangGraph's loop in the
+workflow and each node as an activity. Our :class:`DeepAgentPlugin` builds on it and
+closes the gaps seen with Deep Agents graphs:
+
+* nodes need no ``execute_in`` label: every node of a copy of the graph's builder is
+  labelled ``activity`` (the user's graph is not modified);
+* closures are fine: activities are named ``<graph>.<node>`` instead of by the
+  function's qualified name;
+* node state and results (LangChain messages, ``Command`` or a list of them, ``Send``)
+  round-trip through :mod:`deepagent_temporal.converter`;
+* subgraph nodes (a compiled graph used as a node) run as one activity;
+* a LangGraph ``RetryPolicy`` on a node becomes the activity's Temporal retry policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from langgraph._internal._runnable import RunnableCallable
+from langgraph.graph import StateGraph
+from langgraph.pregel import Pregel
+from temporalio.common import RetryPolicy
+from temporalio.langgraph import LangGraphPlugin
+from temporalio.worker import Worker
+
+from deepagent_temporal.activity import (
+    TokenStreamingInterceptor,
+    make_finish_stream_activity,
+    make_node_activity,
+    make_node_caller,
+)
+from deepagent_temporal.workflow import GRAPH_OPTIONS, DeepAgentWorkflow
+
+DEFAULT_ACTIVITY_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=500),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=3,
+    ),
+}
+
+
+class GraphLoadError(RuntimeError):
+    """DEEPAGENT_GRAPH does not point at a compiled graph or a factory of one."""
+
+
+def load_graph(reference: str) -> Any:
+    """Import ``package.module:attribute`` (a compiled graph or a zero-arg factory)."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise GraphLoadError(
+            f"graph reference {reference!r} must look like 'package.module:attribute'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise GraphLoadError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise GraphLoadError(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if not isinstance(obj, (Pregel, StateGraph)) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise GraphLoadError(f"factory {reference!r} failed: {exc}") from exc
+    if isinstance(obj, StateGraph):
+        obj = obj.compile()
+    if not isinstance(obj, Pregel) or getattr(obj, "builder", None) is None:
+        raise GraphLoadError(
+            f"{reference!r} is a {type(obj).__name__}, not a compiled LangGraph graph "
+            "(StateGraph.compile() / create_deep_agent(...)) or a zero-arg factory of one"
+        )
+    return obj
+
+
+# ------------------------------------------------------------------ graph cloning
+
+
+def _subgraph_node(subgraph: Any) -> RunnableCallable:
+    async def run_subgraph(state: Any, config: Any) -> Any:
+        return await subgraph.ainvoke(state, config)
+
+    return RunnableCallable(None, run_subgraph, name=getattr(subgraph, "name", None))
+
+
+def _runnable_node(runnable: Any) -> RunnableCallable:
+    async def run_runnable(state: Any, config: Any) -> Any:
+        return await runnable.ainvoke(state, config)
+
+    return RunnableCallable(None, run_runnable, name=getattr(runnable, "name", None))
+
+
+def _temporal_retry(policy: Any) -> RetryPolicy | None:
+    if policy is None:
+        return None
+    if isinstance(policy, Sequence) and not isinstance(policy, (str, bytes)):
+        policy = policy[0] if policy else None
+        if policy is None:
+            return None
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=float(getattr(policy, "initial_interval", 0.5))),
+        backoff_coefficient=float(getattr(policy, "backoff_factor", 2.0)),
+        maximum_interval=timedelta(seconds=float(getattr(policy, "max_interval", 128.0))),
+        maximum_attempts=int(getattr(policy, "max_attempts", 3)),
+    )
+
+
+def prepare_builder(compiled: Any) -> StateGraph:
+    """A copy of ``compiled.builder`` with every node labelled to run as an activity."""
+    builder: StateGraph = compiled.builder
+    clone = copy.copy(builder)
+    clone.nodes = {}
+    for name, spec in builder.nodes.items():
+        runnable = spec.runnable
+        if isinstance(runnable, RunnableCallable):
+            new_runnable = copy.copy(runnable)
+            new_runnable.func_accepts = dict(runnable.func_accepts)
+            if new_runnable.func is not None and new_runnable.afunc is not None:
+                # prefer the async implementation (the plugin takes `func` first)
+                new_runnable.func = None
+        elif isinstance(runnable, Pregel):
+            new_runnable = _subgraph_node(runnable)
+        else:
+            new_runnable = _runnable_node(runnable)
+        metadata = dict(spec.metadata or {})
+        metadata.setdefault("execute_in", "activity")
+        retry = _temporal_retry(spec.retry_policy)
+        if retry is not None:
+            metadata.setdefault("retry_policy", retry)
+        clone.nodes[name] = dataclasses.replace(
+            spec, runnable=new_runnable, metadata=metadata, retry_policy=None
+        )
+    return clone
+
+
+def _interrupt_nodes(value: Any) -> list[str] | str | None:
+    if not value:
+        return None
+    return value if isinstance(value, str) else list(value)
+
+
+class DeepAgentPlugin(LangGraphPlugin):
+    """LangGraphPlugin for unlabelled graphs; see the module docstring."""
+
+    def __init__(
+        self,
+        graphs: dict[str, Any],
+        default_activity_options: dict[str, Any] | None = None,
+        aliases: dict[str, str] | None = None,
+    ) -> None:
+        builders: dict[str, StateGraph] = {}
+        for name, compiled in graphs.items():
+            builders[name] = prepare_builder(compiled)
+            GRAPH_OPTIONS[name] = {
+                "canonical": name,
+                "interrupt_before": _interrupt_nodes(getattr(compiled, "interrupt_before_nodes", None)),
+                "interrupt_after": _interrupt_nodes(getattr(compiled, "interrupt_after_nodes", None)),
+                "name": getattr(compiled, "name", None),
+                "config": _serializable_config(getattr(compiled, "config", None)),
+            }
+        for alias, target in (aliases or {}).items():
+            if alias in builders or target not in builders:
+                continue
+            builders[alias] = builders[target]
+            GRAPH_OPTIONS[alias] = GRAPH_OPTIONS[target]
+        self._graph_names = list(builders)
+        opts = dict(DEFAULT_ACTIVITY_OPTIONS)
+        opts.update(default_activity_options or {})
+        # aliases share the builder: wrap each distinct builder once
+        unique: dict[str, StateGraph] = {}
+        seen: set[int] = set()
+        for name, b in builders.items():
+            if id(b) not in seen:
+                seen.add(id(b))
+                unique[name] = b
+        super().__init__(graphs=unique, default_activity_options=opts)
+        # register aliases with the (already wrapped) builders for graph(name) lookups
+        self._all_builders = builders
+        interceptor = self.interceptors[0] if getattr(self, "interceptors", None) else None
+        if interceptor is not None and hasattr(interceptor, "_graphs"):
+            interceptor._graphs = builders
+
+    def execute(self, activity_name: str, func: Any, kwargs: dict[str, Any] | None = None) -> Any:
+        opts = dict(kwargs or {})
+        opts.pop("execute_in", None)
+        opts.pop("summary_fn", None)
+        opts.pop("summary", None)
+        activity_fn = make_node_activity(activity_name, func)
+        self.activities.append(activity_fn)
+        node = activity_name.split(".", 1)[1] if "." in activity_name else activity_name
+        return make_node_caller(activity_fn, node, opts)
+
+
+def _serializable_config(config: Any) -> dict[str, Any]:
+    if not config:
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("recursion_limit", "tags", "metadata", "run_name"):
+        if key in config:
+            out[key] = copy.deepcopy(config[key])
+    configurable = {
+        k: v
+        for k, v in (config.get("configurable") or {}).items()
+        if isinstance(v, (str, int, float, bool, type(None)))
+    }
+    if configurable:
+        out["configurable"] = configurable
+    return out
+
+
+def create_worker(
+    client: Any,
+    graphs: dict[str, Any],
+    task_queue: str,
+    *,
+    enable_token_streaming: bool = True,
+    redis_stream_backend: Any = None,
+    activity_options: dict[str, Any] | None = None,
+    aliases: dict[str, str] | None = None,
+    **worker_kwargs: Any,
+) -> Worker:
+    """A Temporal worker that runs ``graphs`` (name -> compiled graph) with token streaming."""
+    from deepagent_temporal.converter import with_data_converter
+
+    client = with_data_converter(client)
+    plugin = DeepAgentPlugin(graphs, default_activity_options=activity_options, aliases=aliases)
+    interceptors = list(worker_kwargs.pop("interceptors", []) or [])
+    interceptors.append(
+        TokenStreamingInterceptor(
+            enable_token_streaming=enable_token_streaming,
+            redis_stream_backend=redis_stream_backend,
+        )
+    )
+    workflow_runner = worker_kwargs.pop("workflow_runner", None)
+    if workflow_runner is None:
+        from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+        workflow_runner = SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                "deepagent_temporal", "deepagents", "langchain", "pydantic", "ormsgpack"
+            )
+        )
+    kwargs: dict[str, Any] = {
+        "task_queue": task_queue,
+        "workflows": [DeepAgentWorkflow],
+        "activities": [make_finish_stream_activity(redis_stream_backend)],
+        "plugins": [plugin],
+        "interceptors": interceptors,
+        "workflow_runner": workflow_runner,
+        "max_concurrent_activities": 100,
+    }
+    kwargs.update(worker_kwargs)
+    return Worker(client, **kwargs)
+
+
+def create_streaming_worker(
+    graph: Any,
+    client: Any,
+    task_queue: str,
+    *,
+    graph_name: str | None = None,
+    redis_stream_backend: Any = None,
+    enable_token_streaming: bool = True,
+    **kwargs: Any,
+) -> Worker:
+    """Worker for one graph with token streaming on (Phase 2 when a Redis backend is given)."""
+    name = graph_name or getattr(graph, "name", None) or "LangGraph"
+    aliases = {}
+    if getattr(graph, "name", None) and graph.name != name:
+        aliases[graph.name] = name
+    return create_worker(
+        client,
+        {name: graph},
+        task_queue,
+        enable_token_streaming=enable_token_streaming,
+        redis_stream_backend=redis_stream_backend,
+        aliases=aliases,
+        **kwargs,
+    )

@@ -1,0 +1,213 @@
+"""The Temporal workflow that runs a LangGraph graph (LangGraph's own loop, in the workflow).
+
+One workflow execution is one run of a graph on one thread. LangGraph's Pregel loop
+runs inside the workflow (deterministic: routing functions, channel reducers, ``Send``
+fan-out, ``Command`` handling), every node runs as an activity (see
+:mod:`deepagent_temporal.activity`). State between supersteps is checkpointed in an
+in-memory saver that Temporal rebuilds by replay, so an interrupted run simply waits
+inside the workflow for :meth:`resume` and continues from the checkpoint.
+
+Everything a client streams is published to the workflow's ``WorkflowStream`` (in
+workflow memory; rebuilt by replay, not stored as history events): topic ``graph``
+carries ``values`` / ``updates`` chunks and lifecycle markers, topic ``custom`` carries
+``get_stream_writer()`` output of nodes, topic ``tokens`` carries Phase 1 token batches
+published by the activities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.contrib.workflow_streams import WorkflowStream
+from temporalio.exceptions import ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+    from temporalio.langgraph import graph as registered_graph
+
+    from deepagent_temporal.activity import FINISH_STREAM_ACTIVITY, GRAPH_TOPIC
+
+WORKFLOW_NAME = "DeepAgentGraphRun"
+
+#: compile options per registered graph name (interrupts, name, config), filled by the
+#: worker before it starts; read by the workflow (same process).
+GRAPH_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class RunRequest:
+    """Workflow input."""
+
+    graph: str | None
+    input: Any
+    config: dict[str, Any] = field(default_factory=dict)
+    stream_modes: list[str] = field(default_factory=lambda: ["values", "updates"])
+
+
+@dataclass
+class RunState:
+    """What ``get_state`` / ``wait`` return."""
+
+    values: Any = None
+    next: tuple[str, ...] = ()
+    interrupts: tuple[Any, ...] = ()
+    status: str = "running"  # running | interrupted | completed | failed
+    step: int = 0
+    error: str | None = None
+
+
+def _pick_graph_name(requested: str | None) -> str:
+    if requested and requested in GRAPH_OPTIONS:
+        return requested
+    canonical = {opts.get("canonical", name) for name, opts in GRAPH_OPTIONS.items()}
+    if not requested and len(canonical) == 1:
+        return next(iter(canonical))
+    if requested:
+        # let the plugin raise its KeyError listing the available graphs
+        return requested
+    raise ValueError(
+        f"this worker hosts several graphs {sorted(canonical)}; the run must name one"
+    )
+
+
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
+class DeepAgentWorkflow:
+    @workflow.init
+    def __init__(self, request: RunRequest) -> None:
+        self.stream = WorkflowStream()
+        self._graph_topic = self.stream.topic(GRAPH_TOPIC)
+        self._state = RunState()
+        self._resume_values: list[Any] = []
+        self._pause_count = 0
+        self._waiters = 0
+
+    # ------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, request: RunRequest) -> Any:
+        name = _pick_graph_name(request.graph)
+        builder = registered_graph(name)
+        opts = GRAPH_OPTIONS.get(name, {})
+        compiled = builder.compile(
+            checkpointer=InMemorySaver(),
+            interrupt_before=opts.get("interrupt_before") or None,
+            interrupt_after=opts.get("interrupt_after") or None,
+            name=opts.get("name") or "LangGraph",
+        )
+        base_config = dict(opts.get("config") or {})
+        user_config = dict(request.config or {})
+        configurable = {
+            **(base_config.get("configurable") or {}),
+            **(user_config.get("configurable") or {}),
+            "thread_id": workflow.info().workflow_id,
+        }
+        config: dict[str, Any] = {**base_config, **user_config, "configurable": configurable}
+        metadata = {**(base_config.get("metadata") or {}), **(user_config.get("metadata") or {})}
+        if metadata:
+            config["metadata"] = metadata
+
+        modes = [m for m in request.stream_modes if m in ("values", "updates")] or ["values"]
+        if "values" not in modes:
+            modes.append("values")
+        inp = request.input
+        try:
+            while True:
+                async for mode, chunk in compiled.astream(inp, config, stream_mode=modes):
+                    if mode == "values":
+                        self._state.values = chunk
+                        self._state.step += 1
+                    self._graph_topic.publish({"kind": mode, "data": chunk})
+                snapshot = await compiled.aget_state(config)
+                self._state.values = snapshot.values
+                self._state.next = tuple(snapshot.next)
+                self._state.interrupts = tuple(snapshot.interrupts)
+                if not snapshot.next:
+                    break
+                # paused: an interrupt() in a node, or interrupt_before / _after
+                self._state.status = "interrupted"
+                self._pause_count += 1
+                self._graph_topic.publish(
+                    {"kind": "pause", "data": {"interrupts": list(snapshot.interrupts)}}
+                )
+                await workflow.wait_condition(lambda: bool(self._resume_values))
+                value = self._resume_values.pop(0)
+                self._state.status = "running"
+                self._state.interrupts = ()
+                inp = value if isinstance(value, Command) else Command(resume=value)
+                self._graph_topic.publish({"kind": "resumed", "data": None})
+        except Exception as exc:
+            self._state.status = "failed"
+            self._state.error = f"{type(exc).__name__}: {exc}"
+            await self._finish_stream(request)
+            self._graph_topic.publish({"kind": "error", "data": self._state.error})
+            await self._drain_handlers()
+            if isinstance(exc, FailureError):
+                raise
+            # a plain exception would only fail the workflow *task* (retried forever);
+            # a graph error (bad routing, recursion limit, ...) fails the run instead.
+            raise ApplicationError(
+                self._state.error, type=type(exc).__name__, non_retryable=True
+            ) from exc
+        self._state.status = "completed"
+        self._state.next = ()
+        await self._finish_stream(request)
+        self._graph_topic.publish({"kind": "end", "data": None})
+        await self._drain_handlers()
+        return self._state.values
+
+    async def _finish_stream(self, request: RunRequest) -> None:
+        """Token streaming runs end with a ``complete`` entry in Redis (if the worker has it)."""
+        if "tokens" not in request.stream_modes:
+            return
+        try:
+            await workflow.execute_activity(
+                FINISH_STREAM_ACTIVITY,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+                summary="finish token stream",
+            )
+        except Exception:  # best effort: the client ends the stream from Temporal anyway
+            workflow.logger.warning("could not write the end of the token stream")
+
+    async def _drain_handlers(self) -> None:
+        """Release stream long-polls and let ``wait`` updates answer before closing."""
+        self.stream.detach_pollers()
+        try:
+            await workflow.wait_condition(
+                lambda: self._waiters == 0 and workflow.all_handlers_finished(),
+                timeout=timedelta(seconds=5),
+            )
+        except TimeoutError:
+            pass
+
+    # -------------------------------------------------------------- handlers
+
+    @workflow.query(name="get_state")
+    def get_state(self) -> RunState:
+        return self._state
+
+    @workflow.signal(name="resume")
+    def resume(self, value: Any) -> None:
+        self._resume_values.append(value)
+
+    @workflow.update(name="wait")
+    async def wait(self, after_pauses: int) -> RunState:
+        """Return once the run is paused (more than ``after_pauses`` times) or done."""
+        self._waiters += 1
+        try:
+            await workflow.wait_condition(
+                lambda: self._state.status in ("completed", "failed")
+                or (self._state.status == "interrupted" and self._pause_count > after_pauses)
+            )
+        finally:
+            self._waiters -= 1
+        return self._state
+
+    @workflow.query(name="pause_count")
+    def pause_count(self) -> int:
+        return self._pause_count
