@@ -35,17 +35,34 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepagent-operator", description="DeepAgent operator")
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the operator (default)")
-    run.add_argument("-n", "--namespace", action="append", default=None,
-                     help="namespace to watch (repeatable); default: all namespaces")
-    run.add_argument("-A", "--all-namespaces", action="store_true",
-                     help="watch all namespaces even if DEEPAGENT_WATCH_NAMESPACES is set")
+    run.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="namespace to watch (repeatable); default: all namespaces",
+    )
+    run.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch all namespaces even if DEEPAGENT_WATCH_NAMESPACES is set",
+    )
     mode = run.add_mutually_exclusive_group()
-    mode.add_argument("--standalone", action="store_true", default=None,
-                      help="no peering (single replica); the default")
+    mode.add_argument(
+        "--standalone",
+        action="store_true",
+        default=None,
+        help="no peering (single replica); the default",
+    )
     mode.add_argument("--peering", metavar="NAME", help="kopf peering object name (HA)")
     run.add_argument("--priority", type=int, default=None, help="peering priority")
-    run.add_argument("--liveness", default=os.environ.get("DEEPAGENT_LIVENESS") or None,
-                     metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        "--liveness",
+        default=os.environ.get("DEEPAGENT_LIVENESS") or None,
+        metavar="URL",
+        help="e.g. http://0.0.0.0:8080/healthz",
+    )
     run.add_argument("--default-image", default=None)
     run.add_argument("--redis-image", default=None)
     run.add_argument("--default-temporal-address", default=None)
@@ -69,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from .crd import main as crd_main
 
         extra = (["-o", args.output] if args.output else []) + (
-            ["--check", *args.check] if args.check else [])
+            ["--check", *args.check] if args.check else []
+        )
         return crd_main(extra)
 
     import kopf
@@ -90,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet)
-    logging.getLogger("deepagent_operator").setLevel(
-        logging.DEBUG if args.debug else logging.INFO)
+    logging.getLogger("deepagent_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
     standalone = args.peering is None
     kopf.run(
         standalone=standalone,

@@ -101,37 +101,71 @@ def referenced_objects(spec: DeepAgentSpec) -> list[Ref]:
     refs: list[Ref] = []
     for i, src in enumerate(spec.env_from or []):
         if src.secret_ref is not None:
-            refs.append(Ref("Secret", src.secret_ref.name, f"spec.envFrom[{i}].secretRef.name",
-                            bool(src.secret_ref.optional)))
+            refs.append(
+                Ref(
+                    "Secret",
+                    src.secret_ref.name,
+                    f"spec.envFrom[{i}].secretRef.name",
+                    bool(src.secret_ref.optional),
+                )
+            )
         if src.config_map_ref is not None:
-            refs.append(Ref("ConfigMap", src.config_map_ref.name,
-                            f"spec.envFrom[{i}].configMapRef.name",
-                            bool(src.config_map_ref.optional)))
+            refs.append(
+                Ref(
+                    "ConfigMap",
+                    src.config_map_ref.name,
+                    f"spec.envFrom[{i}].configMapRef.name",
+                    bool(src.config_map_ref.optional),
+                )
+            )
     for i, var in enumerate(spec.env or []):
         vf = var.value_from
         if vf is None:
             continue
         if vf.secret_key_ref is not None:
             r = vf.secret_key_ref
-            refs.append(Ref("Secret", r.name, f"spec.env[{i}].valueFrom.secretKeyRef",
-                            bool(r.optional), (r.key,)))
+            refs.append(
+                Ref(
+                    "Secret",
+                    r.name,
+                    f"spec.env[{i}].valueFrom.secretKeyRef",
+                    bool(r.optional),
+                    (r.key,),
+                )
+            )
         if vf.config_map_key_ref is not None:
             r2 = vf.config_map_key_ref
-            refs.append(Ref("ConfigMap", r2.name, f"spec.env[{i}].valueFrom.configMapKeyRef",
-                            bool(r2.optional), (r2.key,)))
+            refs.append(
+                Ref(
+                    "ConfigMap",
+                    r2.name,
+                    f"spec.env[{i}].valueFrom.configMapKeyRef",
+                    bool(r2.optional),
+                    (r2.key,),
+                )
+            )
     t = spec.temporal
     if t.api_key_secret_ref is not None:
         r = t.api_key_secret_ref
-        refs.append(Ref("Secret", r.name, "spec.temporal.apiKeySecretRef", bool(r.optional),
-                        (r.key,)))
+        refs.append(
+            Ref("Secret", r.name, "spec.temporal.apiKeySecretRef", bool(r.optional), (r.key,))
+        )
     if t.tls is not None:
-        refs.append(Ref("Secret", t.tls.secret_name, "spec.temporal.tls.secretName", False,
-                        ("tls.crt", "tls.key")))
+        refs.append(
+            Ref(
+                "Secret",
+                t.tls.secret_name,
+                "spec.temporal.tls.secretName",
+                False,
+                ("tls.crt", "tls.key"),
+            )
+        )
     redis = spec.streaming.redis
     if redis.url_secret_ref is not None:
         r = redis.url_secret_ref
-        refs.append(Ref("Secret", r.name, "spec.streaming.redis.urlSecretRef", bool(r.optional),
-                        (r.key,)))
+        refs.append(
+            Ref("Secret", r.name, "spec.streaming.redis.urlSecretRef", bool(r.optional), (r.key,))
+        )
     return refs
 
 
@@ -249,8 +283,9 @@ def _dump_list(items: list[Any] | None) -> list[dict[str, Any]] | None:
     return out or None
 
 
-def worker_env(name: str, namespace: str, spec: DeepAgentSpec, config: OperatorConfig
-               ) -> list[dict[str, Any]]:
+def worker_env(
+    name: str, namespace: str, spec: DeepAgentSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
     """The worker container's environment, following the contract in ARCHITECTURE.md."""
     t = spec.temporal
     s = spec.streaming
@@ -261,8 +296,9 @@ def worker_env(name: str, namespace: str, spec: DeepAgentSpec, config: OperatorC
         {"name": "TEMPORAL_TASK_QUEUE", "value": task_queue(name, spec)},
     ]
     if t.api_key_secret_ref is not None:
-        env.append({"name": "TEMPORAL_API_KEY",
-                    "valueFrom": {"secretKeyRef": t.api_key_secret_ref.dump()}})
+        env.append(
+            {"name": "TEMPORAL_API_KEY", "valueFrom": {"secretKeyRef": t.api_key_secret_ref.dump()}}
+        )
     if t.tls is not None:
         env += [
             {"name": "TEMPORAL_TLS_CERT", "value": f"{TLS_MOUNT}/tls.crt"},
@@ -275,8 +311,9 @@ def worker_env(name: str, namespace: str, spec: DeepAgentSpec, config: OperatorC
         env += [
             {
                 "name": "REDIS_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": redis_secret_name(name),
-                                               "key": REDIS_PASSWORD_KEY}},
+                "valueFrom": {
+                    "secretKeyRef": {"name": redis_secret_name(name), "key": REDIS_PASSWORD_KEY}
+                },
             },
             {
                 "name": "REDIS_URL",
@@ -288,8 +325,9 @@ def worker_env(name: str, namespace: str, spec: DeepAgentSpec, config: OperatorC
         if redis.url is not None:
             env.append({"name": "REDIS_URL", "value": redis.url})
         elif redis.url_secret_ref is not None:
-            env.append({"name": "REDIS_URL",
-                        "valueFrom": {"secretKeyRef": redis.url_secret_ref.dump()}})
+            env.append(
+                {"name": "REDIS_URL", "valueFrom": {"secretKeyRef": redis.url_secret_ref.dump()}}
+            )
     env += [
         {"name": "DEEPAGENT_STREAM_MAXLEN", "value": str(s.max_len)},
         {"name": "DEEPAGENT_STREAM_TTL_SECONDS", "value": str(s.ttl_seconds)},
@@ -307,8 +345,9 @@ _CONTAINER_SECURITY = {
 }
 
 
-def build_worker_deployment(body: Mapping[str, Any], spec: DeepAgentSpec,
-                            config: OperatorConfig, hash_: str) -> dict[str, Any]:
+def build_worker_deployment(
+    body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig, hash_: str
+) -> dict[str, Any]:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     image = resolve_image(spec, config)
@@ -318,8 +357,9 @@ def build_worker_deployment(body: Mapping[str, Any], spec: DeepAgentSpec,
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.temporal.tls is not None:
-        volumes.append({"name": "temporal-tls",
-                        "secret": {"secretName": spec.temporal.tls.secret_name}})
+        volumes.append(
+            {"name": "temporal-tls", "secret": {"secretName": spec.temporal.tls.secret_name}}
+        )
         mounts.append({"name": "temporal-tls", "mountPath": TLS_MOUNT, "readOnly": True})
     port = spec.health_port
     container = {
@@ -375,12 +415,15 @@ def build_worker_deployment(body: Mapping[str, Any], spec: DeepAgentSpec,
             "annotations": {HASH_ANNOTATION: hash_},
         },
         "spec": {
-            "replicas": None if spec.autoscaling else (
-                spec.replicas if spec.replicas is not None else 1),
+            "replicas": None
+            if spec.autoscaling
+            else (spec.replicas if spec.replicas is not None else 1),
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": sel},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+            },
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,
@@ -399,35 +442,51 @@ def build_redis_service(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector(name, "redis"),
-            "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis",
-                       "protocol": "TCP"}],
+            "ports": [
+                {"name": "redis", "port": REDIS_PORT, "targetPort": "redis", "protocol": "TCP"}
+            ],
         },
     }
     return _adopt(svc, body)
 
 
-def build_redis_statefulset(body: Mapping[str, Any], spec: DeepAgentSpec,
-                            config: OperatorConfig) -> dict[str, Any]:
+def build_redis_statefulset(
+    body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig
+) -> dict[str, Any]:
     name = body["metadata"]["name"]
     redis = spec.streaming.redis
     persistent = redis.storage.type == "PersistentVolumeClaim"
-    args = ["--port", str(REDIS_PORT), "--requirepass", "$(REDIS_PASSWORD)",
-            "--dir", "/data", "--protected-mode", "no"]
+    args = [
+        "--port",
+        str(REDIS_PORT),
+        "--requirepass",
+        "$(REDIS_PASSWORD)",
+        "--dir",
+        "/data",
+        "--protected-mode",
+        "no",
+    ]
     args += ["--appendonly", "yes"] if persistent else ["--appendonly", "no", "--save", ""]
     container = {
         "name": "redis",
         "image": redis.image or config.redis_image,
         "command": ["redis-server"],
         "args": args,
-        "env": [{
-            "name": "REDIS_PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": redis_secret_name(name),
-                                           "key": REDIS_PASSWORD_KEY}},
-        }],
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {
+                    "secretKeyRef": {"name": redis_secret_name(name), "key": REDIS_PASSWORD_KEY}
+                },
+            }
+        ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": "redis"}, "initialDelaySeconds": 10,
-                          "periodSeconds": 10},
+        "livenessProbe": {
+            "tcpSocket": {"port": "redis"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+        },
         "resources": (redis.resources.dump() or None) if redis.resources else None,
         "securityContext": dict(_CONTAINER_SECURITY),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
@@ -483,13 +542,15 @@ def build_redis_network_policy(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": selector(name, "redis")},
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [
-                    {"podSelector": {"matchLabels": selector(name, "worker")}},
-                    {"podSelector": {"matchLabels": {REDIS_CLIENT_LABEL: name}}},
-                ],
-                "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
-            }],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": selector(name, "worker")}},
+                        {"podSelector": {"matchLabels": {REDIS_CLIENT_LABEL: name}}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+                }
+            ],
         },
     }
     return _adopt(np, body)
@@ -523,16 +584,25 @@ def build_hpa(body: Mapping[str, Any], spec: DeepAgentSpec) -> dict[str, Any]:
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": worker_name(name), "labels": labels(name, "worker")},
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": worker_name(name)},
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": worker_name(name),
+            },
             "minReplicas": a.min_replicas,
             "maxReplicas": a.max_replicas,
-            "metrics": [{
-                "type": "Resource",
-                "resource": {"name": "cpu", "target": {
-                    "type": "Utilization",
-                    "averageUtilization": a.target_cpu_utilization_percentage}},
-            }],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": a.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
         },
     }
     return _adopt(hpa, body)
@@ -548,8 +618,9 @@ class Desired:
     config_hash: str
 
 
-def build_children(body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig,
-                   hash_: str) -> Desired:
+def build_children(
+    body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig, hash_: str
+) -> Desired:
     """All children of one DeepAgent. Raises :class:`SpecError` on semantic errors."""
     name = body["metadata"]["name"]
     apply: list[dict[str, Any]] = []
@@ -564,8 +635,11 @@ def build_children(body: Mapping[str, Any], spec: DeepAgentSpec, config: Operato
         ]
     else:
         # The auth Secret is kept on purpose: switching back to Managed reuses the password.
-        absent += [("StatefulSet", redis_name(name)), ("Service", redis_name(name)),
-                   ("NetworkPolicy", redis_name(name))]
+        absent += [
+            ("StatefulSet", redis_name(name)),
+            ("Service", redis_name(name)),
+            ("NetworkPolicy", redis_name(name)),
+        ]
     apply.append(build_worker_deployment(body, spec, config, hash_))
     if spec.autoscaling is not None:
         apply.append(build_hpa(body, spec))

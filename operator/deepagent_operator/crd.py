@@ -230,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [f for f in args.check if Path(f).read_text() != text]
         for f in stale:
-            print(f"{f} is out of date: run `python -m deepagent_operator.crd -o {f}`",
-                  file=sys.stderr)
+            print(
+                f"{f} is out of date: run `python -m deepagent_operator.crd -o {f}`",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     if args.output:
         Path(args.output).write_text(text)

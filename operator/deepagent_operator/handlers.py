@@ -50,15 +50,14 @@ def _config(memo: Any) -> OperatorConfig:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
-                  **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     config = _config(memo)
     memo.config = config
     # Progress and diff-base in annotations only: the status schema stays ours.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="deepagent.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="deepagent.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="deepagent.dev", key="last-handled-configuration")
+        prefix="deepagent.dev", key="last-handled-configuration"
+    )
     settings.persistence.finalizer = "deepagent.dev/finalizer"
     settings.watching.server_timeout = config.watch_server_timeout
     settings.watching.client_timeout = config.watch_client_timeout
@@ -75,8 +74,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     memo.tasks = [asyncio.create_task(_resync_loop(memo))]
     if config.metrics_port:
         memo.tasks.append(asyncio.create_task(_serve_metrics(memo, config.metrics_port)))
-    logger.info("deepagent-operator started: namespaces=%s default_image=%r redis_image=%r",
-                list(config.namespaces) or "ALL", config.default_image, config.redis_image)
+    logger.info(
+        "deepagent-operator started: namespaces=%s default_image=%r redis_image=%r",
+        list(config.namespaces) or "ALL",
+        config.default_image,
+        config.redis_image,
+    )
 
 
 @kopf.on.cleanup()
@@ -131,7 +134,8 @@ def _child_handler(kind: str):
 for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
     _args = (_group, _version, _plural) if _group else (_version, _plural)
     kopf.on.event(*_args, labels={MANAGED_BY: MANAGER}, id=f"child-{_plural}")(
-        _child_handler(_kind))
+        _child_handler(_kind)
+    )
 
 
 async def _resync_loop(memo: kopf.Memo) -> None:
@@ -148,8 +152,11 @@ async def _resync_loop(memo: kopf.Memo) -> None:
             except SpecError:
                 pass  # reported as a condition
             except Exception:
-                log.exception("resync of %s/%s failed", body["metadata"].get("namespace"),
-                              body["metadata"].get("name"))
+                log.exception(
+                    "resync of %s/%s failed",
+                    body["metadata"].get("namespace"),
+                    body["metadata"].get("name"),
+                )
 
     while True:
         await asyncio.sleep(config.resync_seconds)
@@ -157,7 +164,8 @@ async def _resync_loop(memo: kopf.Memo) -> None:
             bodies: list[dict[str, Any]] = []
             for ns in config.namespaces or (None,):
                 bodies += await asyncio.to_thread(
-                    lambda ns=ns: list(memo.reconciler.kube.list("DeepAgent", ns)))
+                    lambda ns=ns: list(memo.reconciler.kube.list("DeepAgent", ns))
+                )
             bodies = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
             await asyncio.gather(*(one(b) for b in bodies))
             memo.reconciler.metrics.inc("resyncs_total")
@@ -172,8 +180,10 @@ async def _serve_metrics(memo: kopf.Memo, port: int) -> None:
 
     async def metrics(_: web.Request) -> web.Response:
         r: Reconciler = memo.reconciler
-        extra = {f'api_writes_total{{method="{m}",resource="{res}"}}': float(n)
-                 for (m, res), n in r.kube.writes.items()}
+        extra = {
+            f'api_writes_total{{method="{m}",resource="{res}"}}': float(n)
+            for (m, res), n in r.kube.writes.items()
+        }
         return web.Response(text=r.metrics.render(extra), content_type="text/plain")
 
     app = web.Application()

@@ -58,8 +58,15 @@ class Kube:
         self.writes: dict[tuple[str, str], int] = {}
 
     # -- raw -------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
-                body: Any = None, content_type: str | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -68,11 +75,15 @@ class Kube:
         if query:
             path = f"{path}?{urlencode(query)}"
         m, url, hdrs, data, post = self.api.param_serialize(
-            method=method, resource_path=path, header_params=headers, body=body,
+            method=method,
+            resource_path=path,
+            header_params=headers,
+            body=body,
             auth_settings=["BearerToken"],
         )
-        resp = self.api.call_api(m, url, header_params=hdrs, body=data, post_params=post,
-                                 _request_timeout=self.timeout)
+        resp = self.api.call_api(
+            m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=self.timeout
+        )
         raw = resp.read()
         try:
             parsed = json.loads(raw) if raw else None
@@ -82,8 +93,11 @@ class Kube:
             raise ApiError(resp.status, parsed, method, path)
         if method != "GET":
             parts = path.split("?")[0].split("/")
-            resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts and \
-                len(parts) > parts.index("namespaces") + 2 else parts[-1]
+            resource = (
+                parts[parts.index("namespaces") + 2]
+                if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2
+                else parts[-1]
+            )
             key = (method, resource + ("/status" if parts[-1] == "status" else ""))
             with self._lock:
                 self.writes[key] = self.writes.get(key, 0) + 1
@@ -108,11 +122,15 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> Iterator[dict[str, Any]]:
+    def list(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         prefix, plural = KINDS[kind]
-        path = f"{prefix}/namespaces/{quote(namespace)}/{plural}" if namespace else \
-            f"{prefix}/{plural}"
+        path = (
+            f"{prefix}/namespaces/{quote(namespace)}/{plural}"
+            if namespace
+            else f"{prefix}/{plural}"
+        )
         query: dict[str, Any] = {"limit": 500}
         if label_selector:
             query["labelSelector"] = label_selector
@@ -127,17 +145,21 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         return self.request(
-            "PATCH", self.path(obj["kind"], meta["namespace"], meta["name"]),
+            "PATCH",
+            self.path(obj["kind"], meta["namespace"], meta["name"]),
             query={"fieldManager": MANAGER, "force": "true"},
-            body=obj, content_type="application/apply-patch+yaml",
+            body=obj,
+            content_type="application/apply-patch+yaml",
         )[1]
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """POST; None when it already exists."""
         try:
             return self.request(
-                "POST", self.path(obj["kind"], obj["metadata"]["namespace"]),
-                query={"fieldManager": MANAGER}, body=obj,
+                "POST",
+                self.path(obj["kind"], obj["metadata"]["namespace"]),
+                query={"fieldManager": MANAGER},
+                body=obj,
             )[1]
         except ApiError as e:
             if e.status == 409:
@@ -146,16 +168,21 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
-            self.request("DELETE", self.path(kind, namespace, name),
-                         body={"propagationPolicy": "Background"})
+            self.request(
+                "DELETE", self.path(kind, namespace, name), body={"propagationPolicy": "Background"}
+            )
             return True
         except ApiError as e:
             if e.status == 404:
                 return False
             raise
 
-    def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]
-                     ) -> dict[str, Any]:
-        return self.request("PATCH", self.path(kind, namespace, name, "status"),
-                            body={"status": patch},
-                            content_type="application/merge-patch+json")[1]
+    def patch_status(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.request(
+            "PATCH",
+            self.path(kind, namespace, name, "status"),
+            body={"status": patch},
+            content_type="application/merge-patch+json",
+        )[1]

@@ -24,9 +24,7 @@ ADDRESS_PATTERN = (
 # DNS-1123 subdomain (names of Secrets, ConfigMaps, ServiceAccounts, ...).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 REDIS_URL_PATTERN = r"^rediss?://[^\s]+$"
 TASK_QUEUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._/]*[A-Za-z0-9])?$"
 
@@ -45,9 +43,7 @@ def _quantity_field(**kw: Any) -> Any:
 
 
 def _name_field(description: str, **kw: Any) -> Any:
-    return Field(
-        min_length=1, max_length=253, pattern=NAME_PATTERN, description=description, **kw
-    )
+    return Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description=description, **kw)
 
 
 class _Model(BaseModel):

@@ -47,8 +47,15 @@ from .status import compute_status
 log = logging.getLogger("deepagent_operator")
 
 EventFn = Callable[[Mapping[str, Any], str, str, str], None]
-STATUS_KEYS = ("observedGeneration", "phase", "ready", "conditions", "workers", "redis",
-               "taskQueue")
+STATUS_KEYS = (
+    "observedGeneration",
+    "phase",
+    "ready",
+    "conditions",
+    "workers",
+    "redis",
+    "taskQueue",
+)
 
 
 # -- comparison helpers ----------------------------------------------------------------
@@ -75,21 +82,29 @@ def is_subset(desired: Any, live: Any) -> bool:
         if not isinstance(live, list):
             return not desired
         return len(desired) == len(live) and all(
-            is_subset(d, li) for d, li in zip(desired, live, strict=True))
+            is_subset(d, li) for d, li in zip(desired, live, strict=True)
+        )
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live or (desired is None and live is False)
     if desired == live:
         return True
     if desired in ("", None) and live in ("", None):
         return True
-    if isinstance(desired, (str, int, float)) and isinstance(live, (str, int, float)) \
-            and not isinstance(desired, bool) and not isinstance(live, bool):
+    if (
+        isinstance(desired, (str, int, float))
+        and isinstance(live, (str, int, float))
+        and not isinstance(desired, bool)
+        and not isinstance(live, bool)
+    ):
         return _quantity_equal(desired, live)
     return False
 
 
-def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any],
-                keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+def merge_patch(
+    current: Mapping[str, Any] | None,
+    desired: Mapping[str, Any],
+    keys: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """RFC 7386 merge patch turning ``current`` into ``desired`` (restricted to ``keys``)."""
     current = current or {}
     out: dict[str, Any] = {}
@@ -115,8 +130,11 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
-    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind", KIND),
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body.get("kind", KIND),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
+    }
 
 
 def _kopf_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -152,8 +170,7 @@ class Reconciler:
         self.config = config
         self.event = event or _kopf_event
         self.metrics = Metrics()
-        self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(
-            threading.Lock)
+        self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         #: (kind, ns, name) -> metadata.generation last written or seen by the operator.
         self.generations: dict[tuple[str, str, str], int] = {}
@@ -183,8 +200,12 @@ class Reconciler:
             return parse_spec(body.get("spec"))
         except pydantic.ValidationError as exc:
             field, msg = format_validation_error(exc)
-            raise SpecError(field, msg, f"fix {field} (see `kubectl explain deepagent.spec`)",
-                            reason="InvalidSpec") from None
+            raise SpecError(
+                field,
+                msg,
+                f"fix {field} (see `kubectl explain deepagent.spec`)",
+                reason="InvalidSpec",
+            ) from None
 
     def _data(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
         obj = self.kube.get(kind, ns, name)
@@ -218,8 +239,7 @@ class Reconciler:
             desired = build_children(body, spec, self.config, hash_)
         except SpecError as err:
             self.metrics.inc("spec_errors_total")
-            self._write_status(body, spec, error=err, deployment=None, statefulset=None,
-                               fetch=True)
+            self._write_status(body, spec, error=err, deployment=None, statefulset=None, fetch=True)
             raise
 
         live: dict[str, dict[str, Any]] = {}
@@ -237,9 +257,11 @@ class Reconciler:
                             "spec.streaming.redis.storage",
                             f"cannot update StatefulSet {cname}: {e.message}",
                             f"delete StatefulSet {cname} to recreate it (PVCs are kept)",
-                            reason="ImmutableField")
-                        self._write_status(body, spec, error=err, deployment=None,
-                                           statefulset=cur, fetch=True)
+                            reason="ImmutableField",
+                        )
+                        self._write_status(
+                            body, spec, error=err, deployment=None, statefulset=cur, fetch=True
+                        )
                         raise err from None
                     raise
                 live[kind] = new
@@ -253,10 +275,20 @@ class Reconciler:
             if cur is not None and _owned_by(cur, uid):
                 self.kube.delete(kind, ns, cname)
                 self.metrics.inc("child_writes_total")
-                self.event(body, "Normal", "Deleted", f"deleted {kind} {cname} (no longer "
-                           "needed by the spec)")
-        return self._write_status(body, spec, error=None, deployment=live.get("Deployment"),
-                                  statefulset=live.get("StatefulSet"), config_hash_=hash_)
+                self.event(
+                    body,
+                    "Normal",
+                    "Deleted",
+                    f"deleted {kind} {cname} (no longer needed by the spec)",
+                )
+        return self._write_status(
+            body,
+            spec,
+            error=None,
+            deployment=live.get("Deployment"),
+            statefulset=live.get("StatefulSet"),
+            config_hash_=hash_,
+        )
 
     def _ensure_redis_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create ``<name>-redis-auth`` with a fresh password once; never rewrite it."""
@@ -269,54 +301,91 @@ class Reconciler:
         created = self.kube.create(secret)
         self.metrics.inc("child_writes_total")
         if created is not None:
-            self.event(body, "Normal", "Created",
-                       f"created Secret {redis_secret_name(name)} with a generated Redis password")
+            self.event(
+                body,
+                "Normal",
+                "Created",
+                f"created Secret {redis_secret_name(name)} with a generated Redis password",
+            )
             return dict(created.get("data") or {})
         # Lost a race with another reconcile: use whatever exists now.
         return self._data("Secret", ns, redis_secret_name(name)) or {}
 
-    def _on_written(self, body: Mapping[str, Any], kind: str, cname: str,
-                    before: Mapping[str, Any] | None, obj: Mapping[str, Any]) -> None:
+    def _on_written(
+        self,
+        body: Mapping[str, Any],
+        kind: str,
+        cname: str,
+        before: Mapping[str, Any] | None,
+        obj: Mapping[str, Any],
+    ) -> None:
         if before is None:
             self.event(body, "Normal", "Created", f"created {kind} {cname}")
             return
         if kind == "Deployment":
-            old = ((before.get("spec") or {}).get("template") or {}).get("metadata", {}).get(
-                "annotations", {}).get(HASH_ANNOTATION)
+            old = (
+                ((before.get("spec") or {}).get("template") or {})
+                .get("metadata", {})
+                .get("annotations", {})
+                .get(HASH_ANNOTATION)
+            )
             new = obj["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION]
             if old != new:
-                self.event(body, "Normal", "RollingWorkers",
-                           f"config changed ({old} -> {new}): rolling Deployment {cname}")
+                self.event(
+                    body,
+                    "Normal",
+                    "RollingWorkers",
+                    f"config changed ({old} -> {new}): rolling Deployment {cname}",
+                )
                 return
         self.event(body, "Normal", "Updated", f"updated {kind} {cname} to the desired state")
 
     # -- status ---------------------------------------------------------------------
-    def _write_status(self, body: Mapping[str, Any], spec: DeepAgentSpec | None, *,
-                      error: SpecError | None, deployment: Mapping[str, Any] | None,
-                      statefulset: Mapping[str, Any] | None, fetch: bool = False,
-                      keep_spec_condition: bool = False,
-                      config_hash_: str | None = None) -> dict[str, Any]:
+    def _write_status(
+        self,
+        body: Mapping[str, Any],
+        spec: DeepAgentSpec | None,
+        *,
+        error: SpecError | None,
+        deployment: Mapping[str, Any] | None,
+        statefulset: Mapping[str, Any] | None,
+        fetch: bool = False,
+        keep_spec_condition: bool = False,
+        config_hash_: str | None = None,
+    ) -> dict[str, Any]:
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         raw_spec = body.get("spec") or {}
-        mode = spec.streaming.redis.mode if spec else (
-            ((raw_spec.get("streaming") or {}).get("redis") or {}).get("mode") or "Disabled")
+        mode = (
+            spec.streaming.redis.mode
+            if spec
+            else (((raw_spec.get("streaming") or {}).get("redis") or {}).get("mode") or "Disabled")
+        )
         if fetch:
             deployment = deployment or self.kube.get("Deployment", ns, worker_name(name))
             if mode == "Managed":
                 statefulset = statefulset or self.kube.get("StatefulSet", ns, redis_name(name))
         if spec is not None:
-            desired_replicas = None if spec.autoscaling else (
-                spec.replicas if spec.replicas is not None else 1)
+            desired_replicas = (
+                None if spec.autoscaling else (spec.replicas if spec.replicas is not None else 1)
+            )
             queue = task_queue(name, spec)
         else:
             desired_replicas, queue = raw_spec.get("replicas"), raw_spec.get("taskQueue") or name
         previous = body.get("status") or {}
         status = compute_status(
-            name=name, namespace=ns, generation=meta.get("generation"), redis_mode=mode,
-            task_queue=queue, desired_replicas=desired_replicas, deployment=deployment,
-            statefulset=statefulset, error=error, previous=previous,
-            keep_spec_condition=keep_spec_condition, config_hash=config_hash_,
+            name=name,
+            namespace=ns,
+            generation=meta.get("generation"),
+            redis_mode=mode,
+            task_queue=queue,
+            desired_replicas=desired_replicas,
+            deployment=deployment,
+            statefulset=statefulset,
+            error=error,
+            previous=previous,
+            keep_spec_condition=keep_spec_condition,
+            config_hash=config_hash_,
         )
         patch = merge_patch(previous, status, STATUS_KEYS)
         if patch:
@@ -330,20 +399,27 @@ class Reconciler:
             self._status_events(body, previous, status)
         return status
 
-    def _status_events(self, body: Mapping[str, Any], old: Mapping[str, Any],
-                       new: Mapping[str, Any]) -> None:
+    def _status_events(
+        self, body: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
         old_conds = {c.get("type"): c for c in old.get("conditions") or []}
         for cond in new.get("conditions") or []:
             prev = old_conds.get(cond["type"])
-            if cond["type"] == "SpecValid" and cond["status"] == "False" and (
-                    prev is None or prev.get("message") != cond["message"]):
+            if (
+                cond["type"] == "SpecValid"
+                and cond["status"] == "False"
+                and (prev is None or prev.get("message") != cond["message"])
+            ):
                 self.event(body, "Warning", cond["reason"], cond["message"])
         if old.get("phase") != new.get("phase"):
             type_ = "Warning" if new["phase"] in ("Failed", "Degraded") else "Normal"
             ready = next((c for c in new["conditions"] if c["type"] == "Ready"), {})
-            self.event(body, type_, f"Phase{new['phase']}",
-                       f"phase {old.get('phase') or '-'} -> {new['phase']}: "
-                       f"{ready.get('message', '')}")
+            self.event(
+                body,
+                type_,
+                f"Phase{new['phase']}",
+                f"phase {old.get('phase') or '-'} -> {new['phase']}: {ready.get('message', '')}",
+            )
 
     def refresh_status(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Recompute the status from the children after one of them changed."""
@@ -355,8 +431,15 @@ class Reconciler:
                 spec: DeepAgentSpec | None = self._parse(body)
             except SpecError:
                 spec = None
-            return self._write_status(body, spec, error=None, deployment=None,
-                                      statefulset=None, fetch=True, keep_spec_condition=True)
+            return self._write_status(
+                body,
+                spec,
+                error=None,
+                deployment=None,
+                statefulset=None,
+                fetch=True,
+                keep_spec_condition=True,
+            )
 
     # -- child events ---------------------------------------------------------------
     def reconcile_by_name(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -368,8 +451,7 @@ class Reconciler:
         except SpecError:
             return None  # already reported as a condition; kopf retries with back-off
 
-    def on_child_event(self, kind: str, event_type: str | None, child: Mapping[str, Any]
-                       ) -> str:
+    def on_child_event(self, kind: str, event_type: str | None, child: Mapping[str, Any]) -> str:
         """React to a watch event of a child; returns what was done (for logs and tests)."""
         meta = child.get("metadata") or {}
         agent = (meta.get("labels") or {}).get(AGENT_LABEL)

@@ -16,16 +16,28 @@ def now_iso() -> str:
 
 
 def _cond(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": type_, "status": "True" if ok else "False", "reason": reason,
-            "message": message}
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+    }
 
 
-def worker_condition(deployment: Mapping[str, Any] | None, desired_replicas: int | None
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+def worker_condition(
+    deployment: Mapping[str, Any] | None, desired_replicas: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(WorkersAvailable condition, status.workers block)."""
     if deployment is None:
-        return (_cond("WorkersAvailable", False, "DeploymentNotFound",
-                      "the worker Deployment does not exist yet"), {})
+        return (
+            _cond(
+                "WorkersAvailable",
+                False,
+                "DeploymentNotFound",
+                "the worker Deployment does not exist yet",
+            ),
+            {},
+        )
     spec = deployment.get("spec") or {}
     st = deployment.get("status") or {}
     meta = deployment.get("metadata") or {}
@@ -43,46 +55,88 @@ def worker_condition(deployment: Mapping[str, Any] | None, desired_replicas: int
     observed = st.get("observedGeneration")
     generation = meta.get("generation")
     if observed is not None and generation is not None and observed < generation:
-        return (_cond("WorkersAvailable", False, "RollingOut",
-                      f"{ready}/{want} workers ready; Deployment update not yet observed"),
-                block)
+        return (
+            _cond(
+                "WorkersAvailable",
+                False,
+                "RollingOut",
+                f"{ready}/{want} workers ready; Deployment update not yet observed",
+            ),
+            block,
+        )
     if want == 0:
         return _cond("WorkersAvailable", True, "ScaledToZero", "0 workers requested"), block
     if updated < want and ready >= want:
-        return (_cond("WorkersAvailable", False, "RollingOut",
-                      f"{updated}/{want} workers updated, {ready} ready"), block)
+        return (
+            _cond(
+                "WorkersAvailable",
+                False,
+                "RollingOut",
+                f"{updated}/{want} workers updated, {ready} ready",
+            ),
+            block,
+        )
     if available >= want and ready >= want:
-        return (_cond("WorkersAvailable", True, "MinimumReplicasAvailable",
-                      f"{ready}/{want} workers ready"), block)
+        return (
+            _cond(
+                "WorkersAvailable",
+                True,
+                "MinimumReplicasAvailable",
+                f"{ready}/{want} workers ready",
+            ),
+            block,
+        )
     reason = "RollingOut" if updated < want else "WorkersNotReady"
     return (_cond("WorkersAvailable", False, reason, f"{ready}/{want} workers ready"), block)
 
 
-def redis_condition(mode: str, name: str, namespace: str,
-                    statefulset: Mapping[str, Any] | None
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+def redis_condition(
+    mode: str, name: str, namespace: str, statefulset: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(RedisReady condition, status.redis block)."""
     if mode == "Disabled":
-        return (_cond("RedisReady", True, "Disabled",
-                      "no Redis: tokens stream through Temporal (Phase 1)"),
-                {"mode": mode, "status": "Disabled", "ready": False})
+        return (
+            _cond(
+                "RedisReady", True, "Disabled", "no Redis: tokens stream through Temporal (Phase 1)"
+            ),
+            {"mode": mode, "status": "Disabled", "ready": False},
+        )
     if mode == "External":
-        return (_cond("RedisReady", True, "External",
-                      "external Redis; the workers report its health on /readyz and /metrics"),
-                {"mode": mode, "status": "External", "ready": True})
-    block = {"mode": mode, "endpoint": redis_endpoint(name, namespace),
-             "secretName": redis_secret_name(name)}
+        return (
+            _cond(
+                "RedisReady",
+                True,
+                "External",
+                "external Redis; the workers report its health on /readyz and /metrics",
+            ),
+            {"mode": mode, "status": "External", "ready": True},
+        )
+    block = {
+        "mode": mode,
+        "endpoint": redis_endpoint(name, namespace),
+        "secretName": redis_secret_name(name),
+    }
     if statefulset is None:
-        return (_cond("RedisReady", False, "StatefulSetNotFound",
-                      "the Redis StatefulSet does not exist yet"),
-                {**block, "status": "Pending", "ready": False})
+        return (
+            _cond(
+                "RedisReady",
+                False,
+                "StatefulSetNotFound",
+                "the Redis StatefulSet does not exist yet",
+            ),
+            {**block, "status": "Pending", "ready": False},
+        )
     st = statefulset.get("status") or {}
     ready = int(st.get("readyReplicas") or 0)
     if ready >= 1:
-        return (_cond("RedisReady", True, "RedisReady", "Redis is ready"),
-                {**block, "status": "Ready", "ready": True})
-    return (_cond("RedisReady", False, "RedisNotReady", "Redis pod is not ready"),
-            {**block, "status": "NotReady", "ready": False})
+        return (
+            _cond("RedisReady", True, "RedisReady", "Redis is ready"),
+            {**block, "status": "Ready", "ready": True},
+        )
+    return (
+        _cond("RedisReady", False, "RedisNotReady", "Redis pod is not ready"),
+        {**block, "status": "NotReady", "ready": False},
+    )
 
 
 def compute_status(
@@ -129,8 +183,11 @@ def compute_status(
         phase = "Failed"
     elif workers_cond["status"] != "True":
         ready_cond = _cond("Ready", False, workers_cond["reason"], workers_cond["message"])
-        phase = "Degraded" if workers.get("readyReplicas", 0) > 0 or previous.get(
-            "phase") in ("Ready", "Degraded") else "Pending"
+        phase = (
+            "Degraded"
+            if workers.get("readyReplicas", 0) > 0 or previous.get("phase") in ("Ready", "Degraded")
+            else "Pending"
+        )
     elif redis_cond["status"] != "True":
         ready_cond = _cond("Ready", False, redis_cond["reason"], redis_cond["message"])
         phase = "Degraded" if previous.get("phase") in ("Ready", "Degraded") else "Pending"
@@ -143,8 +200,11 @@ def compute_status(
     for cond in (ready_cond, spec_cond, workers_cond, redis_cond):
         prev = prev_conds.get(cond["type"])
         cond = dict(cond)
-        if prev is not None and prev.get("status") == cond["status"] and prev.get(
-                "lastTransitionTime"):
+        if (
+            prev is not None
+            and prev.get("status") == cond["status"]
+            and prev.get("lastTransitionTime")
+        ):
             cond["lastTransitionTime"] = prev["lastTransitionTime"]
         else:
             cond["lastTransitionTime"] = ts

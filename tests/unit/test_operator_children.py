@@ -58,9 +58,14 @@ def test_managed_redis_children_and_owner_refs():
         meta = obj["metadata"]
         assert meta["namespace"] == "agents"
         (ref,) = meta["ownerReferences"]
-        assert ref == {"apiVersion": "deepagent.dev/v1alpha1", "kind": "DeepAgent",
-                       "name": "coder", "uid": "uid-123", "controller": True,
-                       "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "deepagent.dev/v1alpha1",
+            "kind": "DeepAgent",
+            "name": "coder",
+            "uid": "uid-123",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "deepagent-operator"
         assert meta["labels"]["deepagent.dev/agent"] == "coder"
 
@@ -74,9 +79,10 @@ def test_worker_env_contract():
     assert env["TEMPORAL_TASK_QUEUE"]["value"] == "coder"
     assert env["DEEPAGENT_TOKEN_STREAMING"]["value"] == "true"
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "coder-redis-auth", "key": "password"}
-    assert env["REDIS_URL"]["value"] == (
-        "redis://:$(REDIS_PASSWORD)@coder-redis.agents.svc:6379/0")
+        "name": "coder-redis-auth",
+        "key": "password",
+    }
+    assert env["REDIS_URL"]["value"] == ("redis://:$(REDIS_PASSWORD)@coder-redis.agents.svc:6379/0")
     names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")  # $(VAR) expansion order
     assert env["DEEPAGENT_STREAM_MAXLEN"]["value"] == "10000"
@@ -88,10 +94,16 @@ def test_worker_env_contract():
 
 
 def test_worker_probes_security_and_scheduling():
-    spec = dict(SAMPLE["spec"], healthPort=9000, nodeSelector={"pool": "agents"},
-                tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                affinity={"podAntiAffinity": {}}, serviceAccountName="coder-sa",
-                podAnnotations={"a": "b"}, podLabels={"team": "x"})
+    spec = dict(
+        SAMPLE["spec"],
+        healthPort=9000,
+        nodeSelector={"pool": "agents"},
+        tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        affinity={"podAntiAffinity": {}},
+        serviceAccountName="coder-sa",
+        podAnnotations={"a": "b"},
+        podLabels={"team": "x"},
+    )
     dep = by_kind(children(body(spec)))["Deployment"]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -102,8 +114,10 @@ def test_worker_probes_security_and_scheduling():
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"},
-                              "limits": {"memory": "1Gi"}}
+    assert c["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "1Gi"},
+    }
     assert pod["nodeSelector"] == {"pool": "agents"}
     assert pod["tolerations"][0]["key"] == "gpu"
     assert pod["affinity"] == {"podAntiAffinity": {}}
@@ -113,7 +127,9 @@ def test_worker_probes_security_and_scheduling():
     assert tmpl_meta["annotations"] == {"a": "b", HASH_ANNOTATION: "h1"}
     assert tmpl_meta["labels"]["team"] == "x"
     assert dep["spec"]["selector"]["matchLabels"] == {
-        "deepagent.dev/agent": "coder", "app.kubernetes.io/component": "worker"}
+        "deepagent.dev/agent": "coder",
+        "app.kubernetes.io/component": "worker",
+    }
     assert dep["spec"]["replicas"] == 2
 
 
@@ -133,11 +149,22 @@ def test_disabled_redis_and_defaults():
 
 
 def test_external_redis_from_secret_and_tls_and_api_key():
-    d = children(body({"graph": "a:b", "temporal": {
-        "address": "ns.tmprl.cloud:7233", "apiKeySecretRef": {"name": "tc", "key": "key"},
-        "tls": {"secretName": "temporal-tls"}},
-        "streaming": {"tokens": False, "redis": {"mode": "External",
-                                                 "urlSecretRef": {"name": "r", "key": "url"}}}}))
+    d = children(
+        body(
+            {
+                "graph": "a:b",
+                "temporal": {
+                    "address": "ns.tmprl.cloud:7233",
+                    "apiKeySecretRef": {"name": "tc", "key": "key"},
+                    "tls": {"secretName": "temporal-tls"},
+                },
+                "streaming": {
+                    "tokens": False,
+                    "redis": {"mode": "External", "urlSecretRef": {"name": "r", "key": "url"}},
+                },
+            }
+        )
+    )
     dep = by_kind(d)["Deployment"]
     env = env_of(dep)
     assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "r", "key": "url"}
@@ -149,8 +176,11 @@ def test_external_redis_from_secret_and_tls_and_api_key():
 
 
 def test_autoscaling_creates_hpa_and_drops_replicas():
-    spec = {"graph": "a:b", "temporal": {"address": "t:1"},
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+    spec = {
+        "graph": "a:b",
+        "temporal": {"address": "t:1"},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+    }
     kinds = by_kind(children(body(spec)))
     assert "replicas" not in kinds["Deployment"]["spec"]
     hpa = kinds["HorizontalPodAutoscaler"]
@@ -161,8 +191,12 @@ def test_autoscaling_creates_hpa_and_drops_replicas():
 
 def test_redis_statefulset_storage_and_requirepass():
     spec = dict(SAMPLE["spec"])
-    spec["streaming"] = {"redis": {"mode": "Managed", "storage": {
-        "type": "PersistentVolumeClaim", "size": "2Gi", "storageClassName": "fast"}}}
+    spec["streaming"] = {
+        "redis": {
+            "mode": "Managed",
+            "storage": {"type": "PersistentVolumeClaim", "size": "2Gi", "storageClassName": "fast"},
+        }
+    }
     sts = by_kind(children(body(spec)))["StatefulSet"]
     c = sts["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "redis:7.4"
@@ -181,8 +215,11 @@ def test_network_policy_admits_workers_and_labelled_clients():
     np = by_kind(children(body()))["NetworkPolicy"]
     assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
     sources = np["spec"]["ingress"][0]["from"]
-    assert {"podSelector": {"matchLabels": {"deepagent.dev/agent": "coder",
-                                            "app.kubernetes.io/component": "worker"}}} in sources
+    assert {
+        "podSelector": {
+            "matchLabels": {"deepagent.dev/agent": "coder", "app.kubernetes.io/component": "worker"}
+        }
+    } in sources
     assert {"podSelector": {"matchLabels": {"deepagent.dev/redis-client": "coder"}}} in sources
     assert np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 6379}]
 
@@ -204,18 +241,28 @@ def test_missing_temporal_address_is_a_spec_error():
     with pytest.raises(SpecError) as exc:
         children(body({"graph": "a:b"}))
     assert exc.value.field == "spec.temporal.address"
-    children(body({"graph": "a:b"}), OperatorConfig(default_image="x",
-                                                    default_temporal_address="t:1"))
+    children(
+        body({"graph": "a:b"}), OperatorConfig(default_image="x", default_temporal_address="t:1")
+    )
 
 
 def test_references_and_missing_secret():
-    spec = parse_spec({"graph": "a:b", "envFrom": [
-        {"secretRef": {"name": "model-keys"}},
-        {"configMapRef": {"name": "opt", "optional": True}}],
-        "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s2", "key": "k"}}}]})
+    spec = parse_spec(
+        {
+            "graph": "a:b",
+            "envFrom": [
+                {"secretRef": {"name": "model-keys"}},
+                {"configMapRef": {"name": "opt", "optional": True}},
+            ],
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s2", "key": "k"}}}],
+        }
+    )
     refs = referenced_objects(spec)
-    assert [(r.kind, r.name) for r in refs] == [("Secret", "model-keys"), ("ConfigMap", "opt"),
-                                                ("Secret", "s2")]
+    assert [(r.kind, r.name) for r in refs] == [
+        ("Secret", "model-keys"),
+        ("ConfigMap", "opt"),
+        ("Secret", "s2"),
+    ]
     with pytest.raises(SpecError) as exc:
         check_references(spec, {("Secret", "model-keys"): None, ("Secret", "s2"): {"k": "dg=="}})
     assert exc.value.field == "spec.envFrom[0].secretRef.name"

@@ -47,8 +47,11 @@ def test_names_and_version():
     doc = yaml.safe_load(CRD_FILE.read_text())
     assert doc["metadata"]["name"] == "deepagents.deepagent.dev"
     names = doc["spec"]["names"]
-    assert (names["kind"], names["plural"], names["shortNames"]) == ("DeepAgent", "deepagents",
-                                                                    ["da"])
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "DeepAgent",
+        "deepagents",
+        ["da"],
+    )
     assert "all" in names["categories"]
     (version,) = doc["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
@@ -81,7 +84,10 @@ def test_schema_rules():
     assert props["replicas"]["minimum"] == 0
     assert "default" not in props["replicas"]  # would fight with autoscaling
     assert props["streaming"]["properties"]["redis"]["properties"]["mode"]["enum"] == [
-        "Managed", "External", "Disabled"]
+        "Managed",
+        "External",
+        "Disabled",
+    ]
     redis_rules = props["streaming"]["properties"]["redis"]["x-kubernetes-validations"]
     assert any("urlSecretRef" in r["rule"] for r in redis_rules)
     assert any("autoscaling" in r["rule"] for r in spec["x-kubernetes-validations"])

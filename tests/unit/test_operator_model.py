@@ -37,38 +37,74 @@ def test_minimal_spec_defaults():
     assert spec.dump()["streaming"]["maxLen"] == 10000
 
 
-@pytest.mark.parametrize("graph,ok", [
-    ("my_agents.coder:agent", True), ("a:b", True), ("pkg.mod:Factory.build", True),
-    ("nocolon", False), ("a:", False), (":b", False), ("a b:c", False), ("1pkg:x", False),
-    ("a::b", False), ("a.b:c:d", False),
-])
+@pytest.mark.parametrize(
+    "graph,ok",
+    [
+        ("my_agents.coder:agent", True),
+        ("a:b", True),
+        ("pkg.mod:Factory.build", True),
+        ("nocolon", False),
+        ("a:", False),
+        (":b", False),
+        ("a b:c", False),
+        ("1pkg:x", False),
+        ("a::b", False),
+        ("a.b:c:d", False),
+    ],
+)
 def test_graph_pattern(graph, ok):
     assert bool(re.match(GRAPH_PATTERN, graph)) is ok
 
 
-@pytest.mark.parametrize("addr,ok", [
-    ("temporal-frontend.temporal:7233", True), ("localhost:7233", True),
-    ("10.0.0.1:7233", True), ("[::1]:7233", True), ("x.tmprl.cloud:443", True),
-    ("temporal", False), ("temporal:", False), ("temporal:0", False), ("temporal:65536", False),
-    ("http://temporal:7233", False), ("-bad:7233", False), ("a b:1", False),
-])
+@pytest.mark.parametrize(
+    "addr,ok",
+    [
+        ("temporal-frontend.temporal:7233", True),
+        ("localhost:7233", True),
+        ("10.0.0.1:7233", True),
+        ("[::1]:7233", True),
+        ("x.tmprl.cloud:443", True),
+        ("temporal", False),
+        ("temporal:", False),
+        ("temporal:0", False),
+        ("temporal:65536", False),
+        ("http://temporal:7233", False),
+        ("-bad:7233", False),
+        ("a b:1", False),
+    ],
+)
 def test_address_pattern(addr, ok):
     assert bool(re.match(ADDRESS_PATTERN, addr)) is ok
 
 
-@pytest.mark.parametrize("spec,field", [
-    ({"graph": "a:b", "replicas": 2, "autoscaling": {"maxReplicas": 3}}, "spec"),
-    ({"graph": "a:b", "streaming": {"redis": {"mode": "External"}}}, "spec.streaming.redis"),
-    ({"graph": "a:b", "streaming": {"redis": {"mode": "Managed", "url": "redis://x:1"}}},
-     "spec.streaming.redis"),
-    ({"graph": "a:b", "streaming": {"redis": {
-        "mode": "External", "url": "redis://x:1",
-        "urlSecretRef": {"name": "s", "key": "url"}}}}, "spec.streaming.redis"),
-    ({"graph": "a:b", "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling"),
-    ({"graph": "a:b", "replicas": "two"}, "spec.replicas"),
-    ({"graph": "a:b", "bogus": 1}, "spec.bogus"),
-    ({}, "spec.graph"),
-])
+@pytest.mark.parametrize(
+    "spec,field",
+    [
+        ({"graph": "a:b", "replicas": 2, "autoscaling": {"maxReplicas": 3}}, "spec"),
+        ({"graph": "a:b", "streaming": {"redis": {"mode": "External"}}}, "spec.streaming.redis"),
+        (
+            {"graph": "a:b", "streaming": {"redis": {"mode": "Managed", "url": "redis://x:1"}}},
+            "spec.streaming.redis",
+        ),
+        (
+            {
+                "graph": "a:b",
+                "streaming": {
+                    "redis": {
+                        "mode": "External",
+                        "url": "redis://x:1",
+                        "urlSecretRef": {"name": "s", "key": "url"},
+                    }
+                },
+            },
+            "spec.streaming.redis",
+        ),
+        ({"graph": "a:b", "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling"),
+        ({"graph": "a:b", "replicas": "two"}, "spec.replicas"),
+        ({"graph": "a:b", "bogus": 1}, "spec.bogus"),
+        ({}, "spec.graph"),
+    ],
+)
 def test_invalid_specs_name_the_field(spec, field):
     with pytest.raises(pydantic.ValidationError) as exc:
         parse_spec(spec)
@@ -78,6 +114,12 @@ def test_invalid_specs_name_the_field(spec, field):
 
 
 def test_external_redis_ok():
-    spec = parse_spec({"graph": "a:b", "streaming": {"redis": {
-        "mode": "External", "urlSecretRef": {"name": "redis-url", "key": "url"}}}})
+    spec = parse_spec(
+        {
+            "graph": "a:b",
+            "streaming": {
+                "redis": {"mode": "External", "urlSecretRef": {"name": "redis-url", "key": "url"}}
+            },
+        }
+    )
     assert spec.streaming.redis.url_secret_ref.key == "url"

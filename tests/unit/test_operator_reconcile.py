@@ -8,15 +8,43 @@ from deepagent_operator.reconcile import is_subset, merge_patch
 
 
 def test_subset_ignores_server_defaults():
-    desired = {"spec": {"replicas": 2, "template": {"spec": {"containers": [
-        {"name": "w", "image": "x", "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}}}
-    ]}}}}
-    live = {"metadata": {"uid": "u", "resourceVersion": "5"}, "spec": {
-        "replicas": 2, "progressDeadlineSeconds": 600, "template": {"spec": {
-            "dnsPolicy": "ClusterFirst", "containers": [
-                {"name": "w", "image": "x", "terminationMessagePath": "/dev/termination-log",
-                 "resources": {"requests": {"cpu": "500m", "memory": "1024Mi"}}}]}}},
-        "status": {"readyReplicas": 2}}
+    desired = {
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "w",
+                            "image": "x",
+                            "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}},
+                        }
+                    ]
+                }
+            },
+        }
+    }
+    live = {
+        "metadata": {"uid": "u", "resourceVersion": "5"},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 600,
+            "template": {
+                "spec": {
+                    "dnsPolicy": "ClusterFirst",
+                    "containers": [
+                        {
+                            "name": "w",
+                            "image": "x",
+                            "terminationMessagePath": "/dev/termination-log",
+                            "resources": {"requests": {"cpu": "500m", "memory": "1024Mi"}},
+                        }
+                    ],
+                }
+            },
+        },
+        "status": {"readyReplicas": 2},
+    }
     assert is_subset(desired, live)
 
 
@@ -24,8 +52,15 @@ def test_subset_detects_drift():
     desired = {"spec": {"replicas": 2, "env": [{"name": "A", "value": "1"}]}}
     assert not is_subset(desired, {"spec": {"replicas": 3, "env": [{"name": "A", "value": "1"}]}})
     assert not is_subset(desired, {"spec": {"replicas": 2, "env": []}})
-    assert not is_subset(desired, {"spec": {"replicas": 2, "env": [
-        {"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}})
+    assert not is_subset(
+        desired,
+        {
+            "spec": {
+                "replicas": 2,
+                "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+            }
+        },
+    )
     assert not is_subset({"a": "x"}, {})
     assert not is_subset({"a": True}, {"a": 1})
     assert is_subset({"a": {}}, {})
@@ -33,12 +68,17 @@ def test_subset_detects_drift():
 
 
 def test_merge_patch_only_differences_and_removals():
-    cur = {"phase": "Pending", "redis": {"mode": "Managed", "endpoint": "e", "ready": False},
-           "kopf": {"x": 1}}
+    cur = {
+        "phase": "Pending",
+        "redis": {"mode": "Managed", "endpoint": "e", "ready": False},
+        "kopf": {"x": 1},
+    }
     new = {"phase": "Ready", "redis": {"mode": "Disabled", "ready": False}}
     keys = ("phase", "redis", "conditions")
     assert merge_patch(cur, new, keys) == {
-        "phase": "Ready", "redis": {"mode": "Disabled", "endpoint": None}}
+        "phase": "Ready",
+        "redis": {"mode": "Disabled", "endpoint": None},
+    }
     assert merge_patch(new, new, keys) == {}
 
 
@@ -49,8 +89,13 @@ def test_backoff_grows_and_is_capped():
 
 
 def test_config_from_env():
-    cfg = OperatorConfig.from_env({"DEEPAGENT_WATCH_NAMESPACES": "a, b,,",
-                                   "DEEPAGENT_DEFAULT_IMAGE": "img", "DEEPAGENT_RESYNC_SECONDS": "5"})
+    cfg = OperatorConfig.from_env(
+        {
+            "DEEPAGENT_WATCH_NAMESPACES": "a, b,,",
+            "DEEPAGENT_DEFAULT_IMAGE": "img",
+            "DEEPAGENT_RESYNC_SECONDS": "5",
+        }
+    )
     assert cfg.namespaces == ("a", "b")
     assert cfg.default_image == "img"
     assert cfg.resync_seconds == 5

@@ -9,10 +9,16 @@ from deepagent_operator.status import compute_status
 def dep(replicas=2, ready=2, available=None, updated=None, generation=1, observed=1):
     available = ready if available is None else available
     updated = replicas if updated is None else updated
-    return {"metadata": {"name": "coder-worker", "generation": generation},
-            "spec": {"replicas": replicas},
-            "status": {"observedGeneration": observed, "readyReplicas": ready,
-                       "availableReplicas": available, "updatedReplicas": updated}}
+    return {
+        "metadata": {"name": "coder-worker", "generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": observed,
+            "readyReplicas": ready,
+            "availableReplicas": available,
+            "updatedReplicas": updated,
+        },
+    }
 
 
 def sts(ready=1):
@@ -20,9 +26,19 @@ def sts(ready=1):
 
 
 def status(**kw):
-    args = dict(name="coder", namespace="agents", generation=3, redis_mode="Managed",
-                task_queue="coder", desired_replicas=2, deployment=dep(), statefulset=sts(),
-                error=None, previous=None, now="2026-01-01T00:00:00Z")
+    args = dict(
+        name="coder",
+        namespace="agents",
+        generation=3,
+        redis_mode="Managed",
+        task_queue="coder",
+        desired_replicas=2,
+        deployment=dep(),
+        statefulset=sts(),
+        error=None,
+        previous=None,
+        now="2026-01-01T00:00:00Z",
+    )
     args.update(kw)
     return compute_status(**args)
 
@@ -37,13 +53,24 @@ def test_ready_when_workers_and_redis_ready():
     assert st["ready"] == "2/2"
     assert st["observedGeneration"] == 3
     c = conds(st)
-    assert all(c[t]["status"] == "True" for t in ("Ready", "SpecValid", "WorkersAvailable",
-                                                  "RedisReady"))
+    assert all(
+        c[t]["status"] == "True" for t in ("Ready", "SpecValid", "WorkersAvailable", "RedisReady")
+    )
     assert c["Ready"]["observedGeneration"] == 3
-    assert st["workers"] == {"deployment": "coder-worker", "replicas": 2, "readyReplicas": 2,
-                             "updatedReplicas": 2, "availableReplicas": 2}
-    assert st["redis"] == {"mode": "Managed", "endpoint": "coder-redis.agents.svc:6379",
-                           "secretName": "coder-redis-auth", "status": "Ready", "ready": True}
+    assert st["workers"] == {
+        "deployment": "coder-worker",
+        "replicas": 2,
+        "readyReplicas": 2,
+        "updatedReplicas": 2,
+        "availableReplicas": 2,
+    }
+    assert st["redis"] == {
+        "mode": "Managed",
+        "endpoint": "coder-redis.agents.svc:6379",
+        "secretName": "coder-redis-auth",
+        "status": "Ready",
+        "ready": True,
+    }
     assert st["taskQueue"] == "coder"
 
 
@@ -80,16 +107,24 @@ def test_rolling_out_when_generation_not_observed():
 
 
 def test_scaled_to_zero_is_ready():
-    st = status(deployment=dep(replicas=0, ready=0), desired_replicas=0, redis_mode="Disabled",
-                statefulset=None)
+    st = status(
+        deployment=dep(replicas=0, ready=0),
+        desired_replicas=0,
+        redis_mode="Disabled",
+        statefulset=None,
+    )
     assert st["phase"] == "Ready"
     assert st["ready"] == "0/0"
     assert st["redis"]["status"] == "Disabled"
 
 
 def test_spec_error_fails_with_field_and_fix():
-    err = SpecError("spec.envFrom[0].secretRef.name", 'Secret "model-keys" not found',
-                    "create the Secret", reason="SecretNotFound")
+    err = SpecError(
+        "spec.envFrom[0].secretRef.name",
+        'Secret "model-keys" not found',
+        "create the Secret",
+        reason="SecretNotFound",
+    )
     st = status(error=err)
     assert st["phase"] == "Failed"
     c = conds(st)
@@ -111,8 +146,9 @@ def test_transition_times_are_kept_while_status_unchanged():
     first = status(now="2026-01-01T00:00:00Z")
     same = status(previous=first, now="2026-02-02T00:00:00Z")
     assert same == first  # nothing to write
-    changed = status(previous=first, deployment=dep(ready=0, available=0),
-                     now="2026-03-03T00:00:00Z")
+    changed = status(
+        previous=first, deployment=dep(ready=0, available=0), now="2026-03-03T00:00:00Z"
+    )
     c = conds(changed)
     assert c["WorkersAvailable"]["lastTransitionTime"] == "2026-03-03T00:00:00Z"
     assert c["RedisReady"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
