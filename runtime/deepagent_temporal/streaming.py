@@ -641,9 +641,6 @@ class CircuitBreaker:
     def allow(self) -> bool:
         return self.state == "closed"
 
-    def probe_due(self) -> bool:
-        return self.state == "open" and self.clock() - self.opened_at >= self.cooldown
-
     def record_failure(self) -> None:
         self.failures += 1
         if self.state == "half_open":
@@ -718,7 +715,8 @@ class RedisStreamBackend:
         self._probe: asyncio.Task | None = None
         # run -> deque[(generation, monotonic time, event)] of events written to Redis
         self._replay: OrderedDict[tuple[str, str], deque] = OrderedDict()
-        self.writes = 0
+        self.writes = 0  # pipelines executed
+        self.events_written = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> RedisStreamBackend | None:
@@ -765,33 +763,51 @@ class RedisStreamBackend:
             self._writer = loop.create_task(self._write_loop(), name="redis-stream-writer")
 
     def available(self) -> bool:
-        """True if new LLM calls should use Redis; schedules a half-open probe when due."""
-        c = self.circuit
-        if c.state == "closed":
+        """True if new LLM calls should use Redis (circuit closed).
+
+        While the circuit is open a background task probes Redis (PING) every cooldown
+        (exponential, capped) and closes the circuit when it answers.
+        """
+        if self.circuit.state == "closed":
             return True
-        if c.probe_due() and (self._probe is None or self._probe.done()):
-            c.state = "half_open"
-            try:
-                self._probe = asyncio.get_running_loop().create_task(self._run_probe())
-            except RuntimeError:
-                c.state = "open"
+        self._ensure_prober()
         return False
 
-    async def _run_probe(self) -> None:
-        try:
-            self._ensure_writer()
-            await asyncio.wait_for(self._client.ping(), self.op_timeout)
-        except Exception:  # noqa: BLE001
-            metrics.REDIS_ERRORS.labels(op="probe").inc()
-            self.circuit.state = "half_open"
-            self.circuit.record_failure()
-            return
-        self.circuit.record_success()
+    def _ensure_prober(self) -> None:
+        if self._probe is None or self._probe.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._probe = loop.create_task(self._probe_loop(), name="redis-stream-probe")
+
+    async def _probe_loop(self) -> None:
+        c = self.circuit
+        while c.state != "closed":
+            wait = c.opened_at + c.cooldown - c.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if c.state == "closed":
+                return
+            c.state = "half_open"
+            try:
+                self._ensure_writer()
+                await _io_with_timeout(self._client.ping(), self.op_timeout)
+            except asyncio.CancelledError:
+                c.state = "open"
+                raise
+            except Exception:  # noqa: BLE001
+                metrics.REDIS_ERRORS.labels(op="probe").inc()
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect(inuse_connections=True)
+                c.record_failure()
+                continue
+            c.record_success()
 
     async def ping(self) -> bool:
         try:
             self._ensure_writer()
-            await asyncio.wait_for(self._client.ping(), self.op_timeout)
+            await _io_with_timeout(self._client.ping(), self.op_timeout)
             return True
         except Exception:  # noqa: BLE001
             return False
@@ -888,7 +904,7 @@ class RedisStreamBackend:
             pipe.expire(key, self.ttl_seconds)
         t0 = time.perf_counter()
         try:
-            await asyncio.wait_for(pipe.execute(), self.op_timeout)
+            await _io_with_timeout(pipe.execute(), self.op_timeout)
         except asyncio.CancelledError:
             self._settle(items, ok=False)
             raise
@@ -900,10 +916,12 @@ class RedisStreamBackend:
             with contextlib.suppress(Exception):
                 await client.connection_pool.disconnect(inuse_connections=True)
             self._settle(items, ok=False)
+            self._ensure_prober()
             return
         metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - t0)
         metrics.REDIS_PIPELINE_EVENTS.observe(len(items))
         self.writes += 1
+        self.events_written += len(items)
         self._settle(items, ok=True)
 
     def _settle(self, items: list[_WriteItem], ok: bool) -> None:
@@ -1054,6 +1072,32 @@ class RedisStreamBackend:
         self._client = None
         self._client_loop = None
         self._writer = None
+
+
+async def _io_with_timeout(coro: Awaitable[T], seconds: float) -> T:
+    """Like ``wait_for`` but tolerant of a starved event loop.
+
+    When a CPU-bound node hogs the loop, the timeout and the (already arrived) reply
+    become ready in the same loop iteration; give the reply a few more iterations
+    before declaring Redis slow.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            for _ in range(3):
+                await asyncio.sleep(0)
+                if task.done():
+                    break
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise TimeoutError(f"Redis did not answer within {seconds}s")
+    return task.result()
 
 
 def _decode_entry(fields: dict[Any, Any]) -> list[dict[str, Any]]:

@@ -208,8 +208,8 @@ class ScriptedChatModel(BaseChatModel):
         for n, chunk in enumerate(self._chunks(self._reply(messages))):
             if fail and n >= (self.fail_after_tokens or 0):
                 raise ScriptedModelError(f"scripted failure after {n} tokens")
-            if self.token_delay and n:
-                await asyncio.sleep(self.token_delay)
+            # like a provider's model, which awaits the network between chunks
+            await asyncio.sleep(self.token_delay if (self.token_delay and n) else 0)
             if self.on_token is not None:
                 self.on_token(chunk.content if isinstance(chunk.content, str) else "", time.time())
             yield ChatGenerationChunk(message=chunk)

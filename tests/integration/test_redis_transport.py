@@ -1,0 +1,377 @@
+"""Phase 2 transport against a real redis-server: publish/subscribe, bounds, failover.
+
+The Phase 1 sink here is an in-memory queue standing in for the Temporal path (the
+Temporal side is tested elsewhere); Redis itself is never mocked: failures are real
+SIGKILLs of the redis-server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from deepagent_temporal.delivery import TokenStreamMerger
+from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
+from deepagent_temporal.testing import ScriptedChatModel, split_tokens
+
+pytestmark = pytest.mark.integration
+
+REPLIES = [
+    "Redis streams carry tokens in real time while Temporal keeps the state durable.",
+    "Second call: the summary goes to history, the tokens go to the stream.",
+    "Third call ends the run.",
+]
+
+
+def ids() -> tuple[str, str]:
+    return f"wf-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+
+
+class Phase1Queue:
+    """The Phase 1 sink (async callable) and the client's view of it (async iterator)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batches: list[list[dict]] = []
+
+    async def __call__(self, events: list[dict]) -> None:
+        self.batches.append(events)
+        for e in events:
+            self.queue.put_nowait(e)
+
+    def complete(self) -> None:
+        self.queue.put_nowait({"type": "complete", "token": "", "source": "temporal"})
+
+    async def iterate(self):
+        while True:
+            yield await self.queue.get()
+
+    @property
+    def events(self) -> list[dict]:
+        return [e for b in self.batches for e in b]
+
+
+def check_delivery(out: list[dict], replies: list[str]) -> None:
+    """0 lost, 0 duplicated, per-call index 0..n-1, seq strictly increasing, text exact."""
+    assert [e["seq"] for e in out] == list(range(1, len(out) + 1))
+    calls: dict[tuple, list[dict]] = {}
+    for e in out:
+        if e["type"] == "token":
+            calls.setdefault((e["task_id"], e["attempt"], e["llm_call"]), []).append(e)
+    texts = []
+    for key in sorted(calls, key=lambda k: k[2]):
+        toks = calls[key]
+        assert [e["index"] for e in toks] == list(range(len(toks))), key
+        texts.append("".join(e["token"] for e in toks))
+    assert texts == replies
+    assert out[-1]["type"] == "complete"
+    ends = [e for e in out if e["type"] == "llm_end"]
+    assert len(ends) == len(replies)
+
+
+async def run_activity(
+    backend: RedisStreamBackend | None,
+    wf: str,
+    run: str,
+    replies: list[str],
+    phase1: Phase1Queue,
+    *,
+    task_id: str = "act-1",
+    token_delay: float = 0.0,
+    on_token=None,
+    split: str | int = "words",
+) -> tuple[list[str], list[dict]]:
+    handler = TokenCapturingHandler(
+        workflow_id=wf, run_id=run, node="model", task_id=task_id,
+        redis=backend, phase1_publish=phase1,
+    )
+    model = ScriptedChatModel(
+        script=replies, mode="sequential", token_delay=token_delay, on_token=on_token, split=split
+    )
+    contents = []
+    for _ in range(len(replies)):
+        msg = await model.ainvoke("go", config={"callbacks": [handler]})
+        contents.append(msg.content)
+    summaries = await handler.flush()
+    return contents, summaries
+
+
+async def finish_run(backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue) -> bool:
+    ok = await backend.publish_complete(wf, run, phase1_publish=phase1)
+    if not ok:  # the Temporal side ends the stream when Redis cannot
+        phase1.complete()
+    return ok
+
+
+async def client(backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue, slow: float = 0.0):
+    async def redis_src():
+        async for ev in backend.subscribe(wf, run, block_ms=200):
+            if slow:
+                await asyncio.sleep(slow)
+            yield ev
+
+    return [e async for e in TokenStreamMerger().amerge(redis_src(), phase1.iterate())]
+
+
+@pytest.fixture
+async def backend(redis_up):
+    b = RedisStreamBackend(redis_up.url, op_timeout=0.5, cooldown_seconds=0.2, max_cooldown_seconds=1.0)
+    yield b
+    await b.aclose()
+
+
+async def test_publish_subscribe_live(backend):
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    consumer = asyncio.create_task(client(backend, wf, run, phase1))
+    contents, summaries = await run_activity(backend, wf, run, REPLIES, phase1, token_delay=0.001)
+    assert await finish_run(backend, wf, run, phase1)
+    out = await asyncio.wait_for(consumer, 10)
+    assert contents == REPLIES
+    check_delivery(out, REPLIES)
+    assert {e["source"] for e in out} == {"redis"}
+    assert phase1.events == []  # Phase 2 only: nothing through Temporal
+    assert [s["transport"] for s in summaries] == ["redis"] * 3
+    assert [s["token_count"] for s in summaries] == [len(split_tokens(r)) for r in REPLIES]
+
+
+async def test_late_subscriber_gets_everything_from_the_start(backend):
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    await run_activity(backend, wf, run, REPLIES, phase1)
+    assert await finish_run(backend, wf, run, phase1)
+    out = await asyncio.wait_for(client(backend, wf, run, phase1), 10)
+    check_delivery(out, REPLIES)
+    # resume from a cursor: only what follows it
+    first = [e async for e in backend.subscribe(wf, run)]
+    cursor = first[10]["redis_id"]
+    rest = [e async for e in backend.subscribe(wf, run, last_id=cursor)]
+    assert [e["redis_id"] for e in rest] == [
+        e["redis_id"] for e in first if e["redis_id"] > cursor
+    ]
+
+
+async def test_maxlen_and_sliding_expire(redis_up):
+    b = RedisStreamBackend(redis_up.url, maxlen=50, ttl_seconds=120)
+    r = aioredis.from_url(redis_up.url)
+    try:
+        wf, run = ids()
+        for i in range(600):
+            await b.publish(wf, run, [{"type": "token", "token": "t", "index": i}])
+        key = b.stream_key(wf, run)
+        assert key == f"deepagent:stream:{wf}:{run}"
+        length = await r.xlen(key)
+        assert length < 600 and length >= 50  # MAXLEN ~ trims (approximately)
+        ttl = await r.ttl(key)
+        assert 100 < ttl <= 120
+        await r.expire(key, 30)
+        await b.publish(wf, run, [{"type": "token", "token": "t", "index": 600}])
+        assert await r.ttl(key) > 100  # sliding: every write renews it
+    finally:
+        await r.aclose()
+        await b.aclose()
+
+
+async def test_writes_are_pipelined_and_batched(backend):
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    text = "p" * 5000
+    contents, summaries = await run_activity(backend, wf, run, [text], phase1, split="chars")
+    assert summaries[0]["transport"] == "redis"
+    # tokens queued while a pipeline is in flight ride the next one
+    assert backend.events_written == 5002
+    assert backend.writes < 2500
+    r = aioredis.from_url(backend.redis_url)
+    try:
+        entries = await r.xlen(backend.stream_key(wf, run))
+    finally:
+        await r.aclose()
+    assert entries < 5002
+    events = await backend.read_all(wf, run)
+    toks = [e for e in events if e["type"] == "token"]
+    assert "".join(e["token"] for e in toks) == text
+    assert [e["index"] for e in toks] == list(range(5000))
+
+
+async def test_sync_threads_publish_through_redis(backend):
+    wf, run = ids()
+    handler = TokenCapturingHandler(workflow_id=wf, run_id=run, node="sync", redis=backend)
+    model = ScriptedChatModel(script=["q" * 1000], split="chars")
+
+    def sync_node():
+        return model.invoke("go", config={"callbacks": [handler]}).content
+
+    await asyncio.gather(*[asyncio.to_thread(sync_node) for _ in range(4)])
+    summaries = await handler.flush()
+    assert [s["transport"] for s in summaries] == ["redis"] * 4
+    events = await backend.read_all(wf, run)
+    for k in range(4):
+        toks = [e for e in events if e["type"] == "token" and e["llm_call"] == k]
+        assert [e["index"] for e in toks] == list(range(1000))
+
+
+# kill points: global token number at which Redis is SIGKILLed (calls have 14/12/4 tokens)
+KILL_POINTS = {
+    "first-token": 0,
+    "mid-first-call": 7,
+    "last-token-of-first-call": 13,
+    "mid-second-call": 20,
+    "third-call": 27,
+}
+
+
+@pytest.mark.parametrize("slow_client", [0.0, 0.004], ids=["fast-client", "lagging-client"])
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+async def test_redis_killed_mid_stream(redis_server, redis_up, backend, point, slow_client):
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    kill_at = KILL_POINTS[point]
+    emitted = [0]
+
+    def on_token(tok: str, ts: float) -> None:
+        if emitted[0] == kill_at:
+            redis_server.kill()
+        emitted[0] += 1
+
+    consumer = asyncio.create_task(client(backend, wf, run, phase1, slow=slow_client))
+    try:
+        contents, summaries = await run_activity(
+            backend, wf, run, REPLIES, phase1, token_delay=0.002, on_token=on_token
+        )
+        assert not redis_server.process.running
+        assert contents == REPLIES
+        assert not await finish_run(backend, wf, run, phase1)
+        out = await asyncio.wait_for(consumer, 15)
+    finally:
+        consumer.cancel()
+    check_delivery(out, REPLIES)
+    assert "temporal" in {e["source"] for e in out}
+    assert summaries[-1]["transport"] == "temporal"
+    assert backend.circuit.state != "closed"
+
+    # Redis comes back: new LLM calls go back to Phase 2
+    redis_server.start()
+    wf2, run2 = ids()
+    phase1b = Phase1Queue()
+    deadline = time.monotonic() + 10
+    while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert backend.circuit.state == "closed"
+    consumer = asyncio.create_task(client(backend, wf2, run2, phase1b))
+    contents, summaries = await run_activity(backend, wf2, run2, REPLIES[:1], phase1b)
+    assert await finish_run(backend, wf2, run2, phase1b)
+    out = await asyncio.wait_for(consumer, 10)
+    check_delivery(out, REPLIES[:1])
+    assert summaries[0]["transport"] == "redis" and phase1b.events == []
+
+
+async def test_redis_killed_between_calls_and_between_activities(redis_server, redis_up, backend):
+    """Redis dies while no call is active: what it held (unread by a lagging client) is
+    replayed through Phase 1 when the next call notices."""
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    await run_activity(backend, wf, run, REPLIES[:1], phase1, task_id="act-1")
+    redis_server.kill()
+    contents, summaries = await run_activity(backend, wf, run, REPLIES[1:], phase1, task_id="act-2")
+    assert [s["transport"] for s in summaries] == ["temporal", "temporal"]
+    assert not await finish_run(backend, wf, run, phase1)
+    # the client connects only now: Redis lost everything, Phase 1 has it all
+    out = await asyncio.wait_for(client(backend, wf, run, phase1), 15)
+    calls = {}
+    for e in out:
+        if e["type"] == "token":
+            calls.setdefault((e["task_id"], e["llm_call"]), []).append(e["token"])
+    assert ["".join(v) for v in calls.values()] == REPLIES
+    assert [e["seq"] for e in out] == list(range(1, len(out) + 1))
+
+
+async def test_redis_down_before_the_run(redis_server, redis_up, backend):
+    redis_server.kill()
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    consumer = asyncio.create_task(client(backend, wf, run, phase1))
+    t0 = time.monotonic()
+    contents, summaries = await run_activity(backend, wf, run, REPLIES, phase1)
+    assert time.monotonic() - t0 < 5  # bounded timeouts, no hang
+    assert [s["transport"] for s in summaries] == ["temporal"] * 3
+    assert not await finish_run(backend, wf, run, phase1)
+    out = await asyncio.wait_for(consumer, 15)
+    check_delivery(out, REPLIES)
+    assert len(phase1.batches) < 20
+
+
+async def test_subscriber_survives_restart_and_resumes(redis_server, redis_up):
+    pub = RedisStreamBackend(redis_up.url, cooldown_seconds=0.1)
+    sub = RedisStreamBackend(redis_up.url)
+    wf, run = ids()
+    got: list[dict] = []
+
+    async def consume():
+        async for ev in sub.subscribe(wf, run, block_ms=200):
+            got.append(ev)
+
+    task = asyncio.create_task(consume())
+    try:
+        await pub.publish(wf, run, [{"type": "token", "token": "a", "index": 0}])
+        await asyncio.sleep(0.3)
+        redis_server.kill()
+        await asyncio.sleep(0.5)  # subscriber is retrying with backoff
+        assert not task.done()
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                await pub.publish(wf, run, [{"type": "token", "token": "b", "index": 1}])
+                break
+            except ConnectionError:
+                await asyncio.sleep(0.1)
+        await pub.publish_complete(wf, run)
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        await pub.aclose()
+    assert [e.get("token") for e in got] == ["a", "b", ""]
+    assert got[-1]["type"] == "complete"
+
+
+async def test_subscriber_is_cancellable(redis_up):
+    b = RedisStreamBackend(redis_up.url)
+    wf, run = ids()
+
+    async def consume():
+        async for _ in b.subscribe(wf, run, block_ms=5000):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_retry_attempt_reset_travels_through_redis(backend):
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    model = ScriptedChatModel(script=["one two three four five"], fail_after_tokens=2)
+    h1 = TokenCapturingHandler(workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=1)
+    with pytest.raises(RuntimeError):
+        await model.ainvoke("q", config={"callbacks": [h1]})
+    await h1.flush()
+    h2 = TokenCapturingHandler(workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=2)
+    final = await model.ainvoke("q", config={"callbacks": [h2]})
+    await h2.flush()
+    await finish_run(backend, wf, run, phase1)
+    out = await asyncio.wait_for(client(backend, wf, run, phase1), 10)
+    types = [e["type"] for e in out]
+    assert "reset" in types
+    after = out[types.index("reset") + 1 :]
+    assert "".join(e["token"] for e in after if e["type"] == "token") == final.content
+    before = out[: types.index("reset")]
+    assert "".join(e["token"] for e in before if e["type"] == "token") == "one two"
+
+
