@@ -1,0 +1,191 @@
+"""Operator benchmark (part of `make bench`): latency, throughput and memory of the operator.
+
+Measures, against a real API server (the local control plane from tests/harness/k8s.py,
+or an existing cluster with USE_EXISTING_CLUSTER=1 and KUBECONFIG):
+
+* p50 / p90 time from `kubectl apply` of a DeepAgent to its worker Deployment existing;
+* time for 100 DeepAgents created at once to all reach phase Ready (kwok makes pods Ready);
+* peak RSS (VmHWM) of the operator process.
+
+Prints a markdown table with the targets (p50 <= 1 s, 100 CRs <= 30 s, RSS <= 200 MB).
+Environment: BENCH_OPERATOR_APPLIES (default 20), BENCH_OPERATOR_AGENTS (default 100).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deepagent_operator.kube import Kube  # noqa: E402
+from deepagent_operator.testing import OperatorProcess  # noqa: E402
+from kubernetes import client, config, watch  # noqa: E402
+
+APPLIES = int(os.environ.get("BENCH_OPERATOR_APPLIES", "20"))
+AGENTS = int(os.environ.get("BENCH_OPERATOR_AGENTS", "100"))
+CRD = ROOT / "crds" / "deepagent.yaml"
+
+
+@contextmanager
+def cluster():
+    """(kubeconfig, kubectl) of an existing cluster or a freshly started local one."""
+    from tests.harness import k8s as harness
+
+    kubectl = harness._find_kubectl()
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() in ("1", "true", "yes"):
+        yield os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"), kubectl
+        return
+    plane = harness.LocalControlPlane(harness._resolve_binaries(), kubectl)
+    try:
+        plane.start()
+        yield str(plane.kubeconfig), kubectl
+    finally:
+        plane.stop()
+
+
+def agent(ns: str, name: str) -> dict:
+    return {
+        "apiVersion": "deepagent.dev/v1alpha1",
+        "kind": "DeepAgent",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"graph": "bench.agent:graph", "replicas": 1},
+    }
+
+
+class DeploymentWatcher:
+    """Records when each Deployment in a namespace is first seen (watch stream)."""
+
+    def __init__(self, api: client.ApiClient, ns: str):
+        self.seen: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._w = watch.Watch()
+        self._t = threading.Thread(target=self._run, args=(api, ns), daemon=True)
+        self._t.start()
+
+    def _run(self, api: client.ApiClient, ns: str) -> None:
+        apps = client.AppsV1Api(api)
+        for ev in self._w.stream(apps.list_namespaced_deployment, ns, timeout_seconds=3600):
+            name = ev["object"].metadata.name
+            with self._cond:
+                self.seen.setdefault(name, time.monotonic())
+                self._cond.notify_all()
+
+    def wait(self, name: str, timeout: float = 30) -> float:
+        with self._cond:
+            self._cond.wait_for(lambda: name in self.seen, timeout)
+            return self.seen[name]
+
+    def stop(self) -> None:
+        self._w.stop()
+
+
+def main() -> int:
+    with cluster() as (kubeconfig, kubectl):
+        env = dict(os.environ, KUBECONFIG=kubeconfig)
+
+        def kc(*args: str, input: str | None = None) -> None:
+            subprocess.run(
+                [kubectl, *args], env=env, input=input, text=True, check=True, capture_output=True
+            )
+
+        kc("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        kc("wait", "--for=condition=Established", "crd/deepagents.deepagent.dev")
+        ns = f"bench-{int(time.time())}"
+        kc("create", "namespace", ns)
+        api = config.new_client_from_config(config_file=kubeconfig)
+        kube = Kube(api)
+        op = OperatorProcess(
+            kubeconfig,
+            [ns],
+            default_image="bench/runtime:1",
+            default_temporal_address="temporal:7233",
+            resync_seconds=60,
+        )
+        op.start()
+        try:
+            watcher = DeploymentWatcher(api, ns)
+            # 1. apply -> Deployment latency, one at a time
+            latencies = []
+            for i in range(APPLIES):
+                name = f"lat-{i}"
+                t0 = time.monotonic()
+                kc("apply", "-f", "-", input=json.dumps(agent(ns, name)))
+                latencies.append(watcher.wait(f"{name}-worker") - t0)
+            watcher.stop()
+            # 2. many DeepAgents at once -> all Ready
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda i: kube.create(agent(ns, f"many-{i}")), range(AGENTS)))
+            created = time.monotonic() - t0
+            deadline = t0 + 300
+            ready = 0
+            while time.monotonic() < deadline:
+                items = list(kube.list("DeepAgent", ns))
+                ready = sum(
+                    1
+                    for a in items
+                    if a["metadata"]["name"].startswith("many-")
+                    and (a.get("status") or {}).get("phase") == "Ready"
+                )
+                if ready >= AGENTS:
+                    break
+                time.sleep(0.25)
+            all_ready = time.monotonic() - t0
+            rss_mb = op.peak_rss_bytes() / 2**20
+        finally:
+            op.stop()
+            subprocess.run(
+                [kubectl, "delete", "namespace", ns, "--wait=false"], env=env, capture_output=True
+            )
+
+    p50 = statistics.median(latencies)
+    p90 = statistics.quantiles(latencies, n=10)[-1] if len(latencies) >= 2 else p50
+    ok_ready = ready >= AGENTS
+    rows = [
+        (
+            "p50 apply -> worker Deployment",
+            f"{p50 * 1000:.0f} ms",
+            "<= 1000 ms",
+            p50 <= 1.0,
+            f"{p50 / 1.0:.2f}",
+        ),
+        ("p90 apply -> worker Deployment", f"{p90 * 1000:.0f} ms", "-", True, "-"),
+        (
+            f"{AGENTS} DeepAgents -> all Ready",
+            f"{all_ready:.1f} s" if ok_ready else f"timeout ({ready}/{AGENTS} Ready)",
+            "<= 30 s",
+            ok_ready and all_ready <= 30,
+            f"{all_ready / 30:.2f}",
+        ),
+        (f"  (creating the {AGENTS} CRs)", f"{created:.1f} s", "-", True, "-"),
+        (
+            "operator peak RSS",
+            f"{rss_mb:.0f} MB",
+            "<= 200 MB",
+            rss_mb <= 200,
+            f"{rss_mb / 200:.2f}",
+        ),
+    ]
+    print(
+        f"Operator ({APPLIES} sequential applies, {AGENTS} concurrent DeepAgents, "
+        "local kube-apiserver + kwok)\n"
+    )
+    print("| metric | measured | target | ratio to target | ok |")
+    print("|---|---|---|---|---|")
+    for metric, val, target, ok, ratio in rows:
+        print(f"| {metric} | {val} | {target} | {ratio} | {'yes' if ok else 'NO'} |")
+    return 0 if all(r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
