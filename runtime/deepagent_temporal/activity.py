@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 TOKENS_TOPIC = "tokens"
 CUSTOM_TOPIC = "custom"
 GRAPH_TOPIC = "graph"
+RUN_TOPIC = "run"
 
 #: attribute set on node activity functions so the interceptor recognises them
 NODE_ACTIVITY_ATTR = "__deepagent_node__"
@@ -180,38 +181,11 @@ def make_node_caller(
             ),
             **opts,
         )
-        if out.token_summary:
-            _publish_summaries(out.token_summary)
         if out.interrupts is not None:
             raise GraphInterrupt(out.interrupts)
         return out.result
 
     return call_node
-
-
-def _publish_summaries(summaries: list[dict[str, Any]]) -> None:
-    """Workflow side: tell stream clients how many tokens each LLM call had.
-
-    Published to the in-memory workflow stream (no history event); the client merger
-    holds a call's ``llm_end`` until all its tokens arrived on either path.
-    """
-    from temporalio.contrib.workflow_streams._stream import _PUBLISH_SIGNAL
-
-    handler = workflow.get_signal_handler(_PUBLISH_SIGNAL)
-    stream = getattr(handler, "__self__", None)
-    if stream is None:
-        return
-    events = [
-        {
-            "type": "llm_end",
-            "token": "",
-            "source": "temporal",
-            "summary": True,
-            **{k: v for k, v in s.items() if k != "transport"},
-        }
-        for s in summaries
-    ]
-    stream.topic(TOKENS_TOPIC).publish(events)
 
 
 # ------------------------------------------------------------ token capture injection

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,7 +16,7 @@ from temporalio.client import (
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.service import RPCError
 
-from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, TOKENS_TOPIC
+from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
 from deepagent_temporal.converter import with_data_converter
 from deepagent_temporal.workflow import WORKFLOW_NAME, RunRequest, RunState
 
@@ -121,7 +120,7 @@ class TemporalDeepAgent:
             graph=self.graph_name,
             input=input,
             config=_serializable_config(config),
-            stream_modes=list(stream_modes or ["values", "updates"]),
+            stream_modes=list(stream_modes or []),
         )
         return await self.client.start_workflow(
             WORKFLOW_NAME,
@@ -225,7 +224,9 @@ class TemporalDeepAgent:
     async def _stream_run(
         self, handle: WorkflowHandle, run_id: str | None, modes: list[str], from_offset: int
     ) -> AsyncIterator[tuple[str, Any]]:
-        topics = [GRAPH_TOPIC]
+        topics = [RUN_TOPIC]
+        if "values" in modes or "updates" in modes:
+            topics.append(GRAPH_TOPIC)
         if "custom" in modes:
             topics.append(CUSTOM_TOPIC)
         want_tokens = "tokens" in modes
@@ -280,17 +281,12 @@ async def _graph_events(items: AsyncIterator[Any], modes: list[str]) -> AsyncIte
         if item.topic == CUSTOM_TOPIC:
             yield "custom", data
             continue
-        if item.topic != GRAPH_TOPIC or not isinstance(data, dict):
+        if item.topic not in (GRAPH_TOPIC, RUN_TOPIC) or not isinstance(data, dict):
             continue
         kind = data.get("kind")
-        if kind in ("end", "pause", "error"):
+        if item.topic == RUN_TOPIC and kind in ("end", "pause", "error"):
             if kind == "pause" and "updates" in modes:
                 yield "updates", {"__interrupt__": tuple(data["data"]["interrupts"])}
             return
         if kind in modes:
             yield kind, data.get("data")
-
-
-async def _drain(gen: AsyncIterator[Any]) -> None:
-    async for _ in gen:
-        await asyncio.sleep(0)

@@ -1,11 +1,15 @@
 """Client side of ``astream(stream_mode="tokens")``: Temporal stream + Redis -> events.
 
-The workflow stream carries graph lifecycle markers (topic ``graph``), Phase 1 token
-batches and per-LLM-call summaries (topic ``tokens``); the Redis stream (Phase 2)
-carries the tokens of LLM calls Redis was healthy for. The streaming helper's
-``TokenStreamMerger`` de-duplicates and orders events from both paths; this module
-feeds it and ends the stream with ``complete`` when the run ends (or pauses), after
-every LLM call's tokens (counted by its durable summary) have arrived.
+The workflow stream carries run lifecycle markers (topic ``run``), graph chunks (topic
+``graph``) and Phase 1 token batches (topic ``tokens``); the Redis stream (Phase 2)
+carries the tokens of LLM calls Redis was healthy for, and ends with a ``complete``
+entry written before the run's ``end`` marker. The streaming helper's
+``TokenStreamMerger`` de-duplicates and orders events from both paths.
+
+When the run ends (or pauses), the stream is closed only once nothing can still be in
+flight: every LLM call that started has ended, and - if the worker wrote the Redis
+``complete`` entry - that entry was read (Redis streams are FIFO, so every Redis-carried
+token of the run was read before it). Both waits are bounded.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, TOKENS_TOPIC
+from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
 from deepagent_temporal.delivery import TokenStreamMerger
 
 #: how long the end of a run waits for tokens still in flight on the Redis path
 END_GRACE_SECONDS = 10.0
 #: how long a gap in a call's token indexes may stay open before it is skipped
 GAP_TIMEOUT_SECONDS = 10.0
+
+
+def _call_key(ev: dict[str, Any]) -> tuple[Any, ...]:
+    return (ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1), ev.get("llm_call"))
 
 
 async def merge_token_stream(
@@ -37,6 +45,9 @@ async def merge_token_stream(
     graph_modes = list(graph_modes or [])
     merger = TokenStreamMerger(gap_timeout=GAP_TIMEOUT_SECONDS)
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    open_calls: set[tuple[Any, ...]] = set()
+    reset_scopes: dict[Any, int] = {}
+    redis_complete_seen = False
 
     async def pump_temporal() -> None:
         try:
@@ -56,21 +67,45 @@ async def merge_token_stream(
             async for ev in redis_backend.subscribe(workflow_id, run_id, stop_on_complete=True):
                 queue.put_nowait(("redis", ev))
 
+    def track(ev: dict[str, Any]) -> None:
+        t = ev.get("type")
+        if t == "llm_start":
+            open_calls.add(_call_key(ev))
+        elif t == "llm_end":
+            open_calls.discard(_call_key(ev))
+        elif t == "reset":
+            scope, attempt = ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1)
+            reset_scopes[scope] = max(reset_scopes.get(scope, 0), attempt)
+            for key in [k for k in open_calls if k[0] == scope and k[1] <= attempt]:
+                open_calls.discard(key)
+
+    def push(ev: dict[str, Any]) -> list[dict[str, Any]]:
+        out = merger.push(ev)
+        for delivered in out:
+            track(delivered)
+        return out
+
     tasks = [asyncio.create_task(pump_temporal()), asyncio.create_task(pump_redis())]
     ending_deadline: float | None = None
-    tick = 0.05
+    need_redis_complete = False
     try:
         while True:
             if ending_deadline is not None and (
-                merger.waiting == 0 or time.monotonic() >= ending_deadline
+                (
+                    merger.waiting == 0
+                    and not open_calls
+                    and (redis_complete_seen or not need_redis_complete)
+                )
+                or time.monotonic() >= ending_deadline
             ):
                 break
             try:
                 source, payload = await asyncio.wait_for(
-                    queue.get(), tick if (merger.waiting or ending_deadline) else None
+                    queue.get(), 0.05 if (merger.waiting or ending_deadline) else None
                 )
             except TimeoutError:
                 for ev in merger.flush_stale():
+                    track(ev)
                     yield "tokens", ev
                 continue
             if source == "error":
@@ -81,26 +116,29 @@ async def merge_token_stream(
                 continue
             if source == "redis":
                 if payload.get("type") == "complete":
+                    redis_complete_seen = True
                     continue  # the end of the run is decided by the durable path
-                for ev in merger.push(payload):
+                for ev in push(payload):
                     yield "tokens", ev
                 continue
             topic, data = payload.topic, payload.data
             if topic == TOKENS_TOPIC:
                 for raw in data if isinstance(data, list) else [data]:
                     if isinstance(raw, dict) and raw.get("type") != "complete":
-                        for ev in merger.push(raw):
+                        for ev in push(raw):
                             yield "tokens", ev
             elif topic == CUSTOM_TOPIC:
                 if "custom" in graph_modes:
                     yield "custom", data
+            elif topic == RUN_TOPIC and isinstance(data, dict):
+                if data.get("kind") in ("end", "pause", "error") and ending_deadline is None:
+                    ending_deadline = time.monotonic() + END_GRACE_SECONDS
+                    need_redis_complete = bool(data.get("redis_complete")) and (
+                        redis_backend is not None
+                    )
             elif topic == GRAPH_TOPIC and isinstance(data, dict):
-                kind = data.get("kind")
-                if kind in ("end", "pause", "error"):
-                    if ending_deadline is None:
-                        ending_deadline = time.monotonic() + END_GRACE_SECONDS
-                elif kind in graph_modes:
-                    yield kind, data.get("data")
+                if data.get("kind") in graph_modes:
+                    yield data["kind"], data.get("data")
         for ev in merger.finish():
             yield "tokens", ev
         for ev in merger.push({"type": "complete", "token": ""}):

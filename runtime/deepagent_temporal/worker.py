@@ -16,13 +16,17 @@ closes the gaps seen with Deep Agents graphs:
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
+import functools
 import importlib
+import inspect
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
@@ -88,18 +92,59 @@ def load_graph(reference: str) -> Any:
 # ------------------------------------------------------------------ graph cloning
 
 
+def _accepts_config(fn: Any) -> None:
+    # LangGraph passes `config` only to a parameter annotated RunnableConfig (a real
+    # class, not the string `from __future__ import annotations` would leave)
+    fn.__annotations__ = {"state": Any, "config": RunnableConfig}
+
+
 def _subgraph_node(subgraph: Any) -> RunnableCallable:
-    async def run_subgraph(state: Any, config: Any) -> Any:
+    async def run_subgraph(state, config):  # noqa: ANN001 - see _accepts_config
         return await subgraph.ainvoke(state, config)
 
+    _accepts_config(run_subgraph)
     return RunnableCallable(None, run_subgraph, name=getattr(subgraph, "name", None))
 
 
 def _runnable_node(runnable: Any) -> RunnableCallable:
-    async def run_runnable(state: Any, config: Any) -> Any:
+    async def run_runnable(state, config):  # noqa: ANN001 - see _accepts_config
         return await runnable.ainvoke(state, config)
 
+    _accepts_config(run_runnable)
     return RunnableCallable(None, run_runnable, name=getattr(runnable, "name", None))
+
+
+def _is_native_async(fn: Any) -> bool:
+    # LangGraph's fallback afunc for sync callables is partial(run_in_executor, ...),
+    # which iscoroutinefunction() also accepts
+    return (
+        fn is not None
+        and not isinstance(fn, functools.partial)
+        and inspect.iscoroutinefunction(fn)
+    )
+
+
+def _inline_async(path: Any) -> Any:
+    """Routing functions run in the workflow: a sync one must not go to an executor.
+
+    (LangGraph's async loop runs sync callables with ``run_in_executor``, which the
+    deterministic workflow event loop does not provide.)
+    """
+    if (
+        isinstance(path, RunnableCallable)
+        and path.func is not None
+        and not _is_native_async(path.afunc)
+    ):
+        func = path.func
+        clone = copy.copy(path)
+        clone.func_accepts = dict(path.func_accepts)
+
+        async def run_inline(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        clone.afunc = run_inline
+        return clone
+    return path
 
 
 def _temporal_retry(policy: Any) -> RetryPolicy | None:
@@ -127,9 +172,13 @@ def prepare_builder(compiled: Any) -> StateGraph:
         if isinstance(runnable, RunnableCallable):
             new_runnable = copy.copy(runnable)
             new_runnable.func_accepts = dict(runnable.func_accepts)
-            if new_runnable.func is not None and new_runnable.afunc is not None:
+            if new_runnable.func is not None and _is_native_async(new_runnable.afunc):
                 # prefer the async implementation (the plugin takes `func` first)
                 new_runnable.func = None
+            elif new_runnable.func is not None:
+                # sync only: LangGraph's afunc is run_in_executor(func); the activity
+                # runs `func` on a thread itself
+                new_runnable.afunc = None
         elif isinstance(runnable, Pregel):
             new_runnable = _subgraph_node(runnable)
         else:
@@ -142,6 +191,11 @@ def prepare_builder(compiled: Any) -> StateGraph:
         clone.nodes[name] = dataclasses.replace(
             spec, runnable=new_runnable, metadata=metadata, retry_policy=None
         )
+    branches: Any = collections.defaultdict(dict)
+    for source, specs in builder.branches.items():
+        for name, spec in specs.items():
+            branches[source][name] = spec._replace(path=_inline_async(spec.path))
+    clone.branches = branches
     return clone
 
 

@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from langgraph.types import Command
     from temporalio.langgraph import graph as registered_graph
 
-    from deepagent_temporal.activity import FINISH_STREAM_ACTIVITY, GRAPH_TOPIC
+    from deepagent_temporal.activity import FINISH_STREAM_ACTIVITY, GRAPH_TOPIC, RUN_TOPIC
 
 WORKFLOW_NAME = "DeepAgentGraphRun"
 
@@ -81,6 +81,7 @@ class DeepAgentWorkflow:
     def __init__(self, request: RunRequest) -> None:
         self.stream = WorkflowStream()
         self._graph_topic = self.stream.topic(GRAPH_TOPIC)
+        self._run_topic = self.stream.topic(RUN_TOPIC)
         self._state = RunState()
         self._resume_values: list[Any] = []
         self._pause_count = 0
@@ -111,9 +112,8 @@ class DeepAgentWorkflow:
         if metadata:
             config["metadata"] = metadata
 
-        modes = [m for m in request.stream_modes if m in ("values", "updates")] or ["values"]
-        if "values" not in modes:
-            modes.append("values")
+        publish_modes = {m for m in request.stream_modes if m in ("values", "updates")}
+        modes = ["values", *sorted(publish_modes - {"values"})]
         inp = request.input
         try:
             while True:
@@ -121,7 +121,8 @@ class DeepAgentWorkflow:
                     if mode == "values":
                         self._state.values = chunk
                         self._state.step += 1
-                    self._graph_topic.publish({"kind": mode, "data": chunk})
+                    if mode in publish_modes:
+                        self._graph_topic.publish({"kind": mode, "data": chunk})
                 snapshot = await compiled.aget_state(config)
                 self._state.values = snapshot.values
                 self._state.next = tuple(snapshot.next)
@@ -131,7 +132,7 @@ class DeepAgentWorkflow:
                 # paused: an interrupt() in a node, or interrupt_before / _after
                 self._state.status = "interrupted"
                 self._pause_count += 1
-                self._graph_topic.publish(
+                self._run_topic.publish(
                     {"kind": "pause", "data": {"interrupts": list(snapshot.interrupts)}}
                 )
                 await workflow.wait_condition(lambda: bool(self._resume_values))
@@ -139,12 +140,16 @@ class DeepAgentWorkflow:
                 self._state.status = "running"
                 self._state.interrupts = ()
                 inp = value if isinstance(value, Command) else Command(resume=value)
-                self._graph_topic.publish({"kind": "resumed", "data": None})
+                self._run_topic.publish({"kind": "resumed", "data": None})
         except Exception as exc:
+            if not isinstance(exc, FailureError):
+                workflow.logger.exception("graph run failed in the workflow")
             self._state.status = "failed"
             self._state.error = f"{type(exc).__name__}: {exc}"
-            await self._finish_stream(request)
-            self._graph_topic.publish({"kind": "error", "data": self._state.error})
+            redis_complete = await self._finish_stream(request)
+            self._run_topic.publish(
+                {"kind": "error", "data": self._state.error, "redis_complete": redis_complete}
+            )
             await self._drain_handlers()
             if isinstance(exc, FailureError):
                 raise
@@ -155,17 +160,21 @@ class DeepAgentWorkflow:
             ) from exc
         self._state.status = "completed"
         self._state.next = ()
-        await self._finish_stream(request)
-        self._graph_topic.publish({"kind": "end", "data": None})
+        redis_complete = await self._finish_stream(request)
+        self._run_topic.publish({"kind": "end", "data": None, "redis_complete": redis_complete})
         await self._drain_handlers()
         return self._state.values
 
-    async def _finish_stream(self, request: RunRequest) -> None:
-        """Token streaming runs end with a ``complete`` entry in Redis (if the worker has it)."""
+    async def _finish_stream(self, request: RunRequest) -> bool:
+        """Token streaming runs end with a ``complete`` entry in Redis (if the worker has it).
+
+        Returns whether Redis got it: then a client has all Redis-carried tokens of the run
+        once it reads that entry (a stream is FIFO).
+        """
         if "tokens" not in request.stream_modes:
-            return
+            return False
         try:
-            await workflow.execute_activity(
+            return await workflow.execute_activity(
                 FINISH_STREAM_ACTIVITY,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
@@ -173,6 +182,7 @@ class DeepAgentWorkflow:
             )
         except Exception:  # best effort: the client ends the stream from Temporal anyway
             workflow.logger.warning("could not write the end of the token stream")
+            return False
 
     async def _drain_handlers(self) -> None:
         """Release stream long-polls and let ``wait`` updates answer before closing."""

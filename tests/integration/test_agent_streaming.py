@@ -1,0 +1,163 @@
+"""Token streaming across processes: the worker is a ``deepagent-temporal worker`` child.
+
+Real Temporal dev server + real redis-server; the client (this process) only shares the
+graphs' import paths with the worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+import pytest
+from deepagent_temporal import RedisStreamBackend, RunFailedError, TemporalDeepAgent
+from deepagent_temporal.workerproc import WorkerProcess
+from langchain_core.messages import AIMessage
+
+pytestmark = pytest.mark.integration
+
+SHAPES = "deepagent_temporal.examples.shapes"
+GRAPHS = ",".join(f"{SHAPES}:{n}" for n in ("deep_agent", "fanout", "flaky_agent", "failing"))
+
+
+@pytest.fixture(scope="module")
+def worker_redis(temporal_server, redis_server, tmp_path_factory):
+    if not redis_server.process.running:
+        redis_server.start()
+    w = WorkerProcess(
+        GRAPHS,
+        temporal_server.address,
+        f"stream-redis-{uuid.uuid4().hex[:6]}",
+        redis_url=redis_server.url,
+        log_dir=tmp_path_factory.mktemp("worker-redis"),
+    ).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_p1(temporal_server, tmp_path_factory):
+    w = WorkerProcess(
+        GRAPHS,
+        temporal_server.address,
+        f"stream-p1-{uuid.uuid4().hex[:6]}",
+        log_dir=tmp_path_factory.mktemp("worker-p1"),
+    ).start()
+    yield w
+    w.stop()
+
+
+def _agent(client, worker, graph, redis_url=None):
+    backend = RedisStreamBackend(redis_url) if redis_url else None
+    return TemporalDeepAgent(
+        None,
+        client,
+        task_queue=worker.task_queue,
+        graph_name=f"{SHAPES}:{graph}",
+        redis_stream_backend=backend,
+    )
+
+
+def _config():
+    return {"configurable": {"thread_id": f"t-{uuid.uuid4().hex}"}}
+
+
+async def _collect(agent, inp, config):
+    return [ev async for ev in agent.astream(inp, config, stream_mode="tokens")]
+
+
+def check_guarantees(events, final_messages):
+    """seq strictly increasing; per message index 0..n-1; text == final content."""
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "seq not strictly increasing"
+    assert events[-1]["type"] == "complete"
+    assert sum(e["type"] == "complete" for e in events) == 1
+    resets = {(e.get("task_id"), e["attempt"]) for e in events if e["type"] == "reset"}
+    by_msg = defaultdict(list)
+    for e in events:
+        if e["type"] != "token":
+            continue
+        if (e.get("task_id"), e["attempt"]) in resets:
+            continue  # tokens of a failed attempt, dropped by the client on `reset`
+        by_msg[e["message_id"]].append(e)
+    ai = [m for m in final_messages if isinstance(m, AIMessage)]
+    assert ai, "no AI messages in the final state"
+    for msg in ai:
+        toks = by_msg.get(msg.id)
+        assert toks, f"no streamed tokens for message {msg.id}"
+        assert [t["index"] for t in toks] == list(range(len(toks))), "index gap or repeat"
+        assert "".join(t["token"] for t in toks) == msg.content
+        if msg.tool_calls:
+            chunks = [c for t in toks for c in t.get("tool_call_chunks") or []]
+            assert any(c.get("name") == msg.tool_calls[0]["name"] for c in chunks)
+    assert set(by_msg) == {m.id for m in ai}, "tokens of a message that is not in the result"
+
+
+@pytest.mark.parametrize("transport", ["redis", "temporal"])
+async def test_deep_agent_streams_every_token_once(
+    transport, temporal_client, redis_server, worker_redis, worker_p1
+):
+    worker = worker_redis if transport == "redis" else worker_p1
+    agent = _agent(
+        temporal_client, worker, "deep_agent", redis_server.url if transport == "redis" else None
+    )
+    config = _config()
+    events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
+    state = await agent.get_state(config)
+    messages = state.values["messages"]
+    ai = [m for m in messages if isinstance(m, AIMessage)]
+    assert len(ai) == 2 and ai[0].tool_calls and ai[0].tool_calls[0]["name"] == "add"
+    assert any(m.type == "tool" and m.content == "5" for m in messages)
+    check_guarantees(events, messages)
+    sources = {e["source"] for e in events if e["type"] == "token"}
+    assert sources == {transport}
+    assert state.metadata["status"] == "completed"
+
+
+async def test_send_fanout_streams_both_branches_interleaved(
+    temporal_client, redis_server, worker_redis
+):
+    agent = _agent(temporal_client, worker_redis, "fanout", redis_server.url)
+    config = _config()
+    events = await _collect(agent, {"topics": ["alpha", "beta"], "messages": []}, config)
+    state = await agent.get_state(config)
+    check_guarantees(events, state.values["messages"])
+    order = [e["message_id"] for e in events if e["type"] == "token"]
+    assert len(set(order)) == 2
+    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    assert switches >= 3, f"branches were not interleaved ({switches} switches)"
+
+
+@pytest.mark.parametrize("transport", ["redis", "temporal"])
+async def test_failed_attempt_after_tokens_emits_reset(
+    transport, temporal_client, redis_server, worker_redis, worker_p1
+):
+    worker = worker_redis if transport == "redis" else worker_p1
+    agent = _agent(
+        temporal_client, worker, "flaky_agent", redis_server.url if transport == "redis" else None
+    )
+    config = _config()
+    events = await _collect(agent, {"messages": [{"role": "user", "content": "hi"}]}, config)
+    resets = [e for e in events if e["type"] == "reset"]
+    assert len(resets) == 1 and resets[0]["attempt"] == 1
+    first_try = [e for e in events if e["type"] == "token" and e["attempt"] == 1]
+    assert first_try and all(e["seq"] < resets[0]["seq"] for e in first_try)
+    state = await agent.get_state(config)
+    check_guarantees(events, state.values["messages"])
+    final = [m for m in state.values["messages"] if isinstance(m, AIMessage)][-1]
+    assert final.content == "This answer survives a failed first attempt of the activity."
+
+
+async def test_astream_ends_with_run_and_failed_run_raises(temporal_client, worker_p1):
+    agent = _agent(temporal_client, worker_p1, "failing")
+    seen = []
+    with pytest.raises(RunFailedError, match="this node always fails"):
+        async for ev in agent.astream(
+            {"messages": [{"role": "user", "content": "x"}]}, _config(), stream_mode="tokens"
+        ):
+            seen.append(ev)
+    with pytest.raises(RunFailedError, match="this node always fails"):
+        async for _ in agent.astream(
+            {"messages": [{"role": "user", "content": "x"}]}, _config(), stream_mode="values"
+        ):
+            pass
