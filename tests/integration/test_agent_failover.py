@@ -62,9 +62,9 @@ async def _run(agent, kill_after=None, redis=None):
     return events, state
 
 
-async def _wait_redis_healthy(worker, timeout=20.0):
+async def _wait_redis_healthy(worker, wait_s=20.0):
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait_s
     while loop.time() < deadline:
         _, body = await asyncio.to_thread(worker.readyz)
         if body.get("redis") == "up":

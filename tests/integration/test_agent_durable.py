@@ -1,0 +1,167 @@
+"""Durable execution of graphs of every shape, worker in a separate process.
+
+sync/async nodes, a sync routing function, ``Command``, a subgraph node, custom stream
+events, interrupts + ``resume``, ``get_state``; and the Event History cost of Phase 2
+token streaming, measured from the real history.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
+from deepagent_temporal.examples import shapes
+from deepagent_temporal.workerproc import WorkerProcess
+from langchain_core.messages import AIMessage
+from langgraph.types import Command
+
+pytestmark = pytest.mark.integration
+
+SHAPES = "deepagent_temporal.examples.shapes"
+GRAPHS = ",".join(f"{SHAPES}:{n}" for n in ("shapes", "approval", "deep_agent"))
+
+
+@pytest.fixture(scope="module")
+def worker(temporal_server, redis_server, tmp_path_factory):
+    if not redis_server.process.running:
+        redis_server.start()
+    w = WorkerProcess(
+        GRAPHS,
+        temporal_server.address,
+        f"durable-{uuid.uuid4().hex[:6]}",
+        redis_url=redis_server.url,
+        log_dir=tmp_path_factory.mktemp("worker-durable"),
+    ).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_no_tokens(temporal_server, tmp_path_factory):
+    w = WorkerProcess(
+        f"{SHAPES}:deep_agent",
+        temporal_server.address,
+        f"durable-nt-{uuid.uuid4().hex[:6]}",
+        token_streaming=False,
+        log_dir=tmp_path_factory.mktemp("worker-no-tokens"),
+    ).start()
+    yield w
+    w.stop()
+
+
+def _agent(client, worker, graph, redis_url=None):
+    return TemporalDeepAgent(
+        None,
+        client,
+        task_queue=worker.task_queue,
+        graph_name=f"{SHAPES}:{graph}",
+        redis_stream_backend=RedisStreamBackend(redis_url) if redis_url else None,
+    )
+
+
+def _config():
+    return {"configurable": {"thread_id": f"d-{uuid.uuid4().hex}"}}
+
+
+async def test_shapes_match_plain_langgraph(temporal_client, worker):
+    expected = await shapes.shapes.ainvoke({"n": 0})
+    agent = _agent(temporal_client, worker, "shapes")
+    result = await agent.ainvoke({"n": 0}, _config())
+    assert result == expected
+    assert result["trail"][-1] == "sub.inner" and result["n"] == 11
+
+
+async def test_shapes_stream_values_updates_custom(temporal_client, worker):
+    agent = _agent(temporal_client, worker, "shapes")
+    local = [
+        c async for c in shapes.shapes.astream({"n": 0}, stream_mode=["values", "updates", "custom"])
+    ]
+    remote = [
+        c
+        async for c in agent.astream(
+            {"n": 0}, _config(), stream_mode=["values", "updates", "custom"]
+        )
+    ]
+    for mode in ("values", "updates"):
+        assert [c for m, c in remote if m == mode] == [c for m, c in local if m == mode]
+    # custom events come from activities: same events, possibly later than the updates
+    assert sorted(str(c) for m, c in remote if m == "custom") == sorted(
+        str(c) for m, c in local if m == "custom"
+    )
+    values_only = [c async for c in agent.astream({"n": 0}, _config(), stream_mode="values")]
+    assert values_only[-1]["n"] == 11
+
+
+async def test_interrupt_and_resume(temporal_client, worker):
+    agent = _agent(temporal_client, worker, "approval")
+    config = _config()
+    paused = await agent.ainvoke({"messages": [{"role": "user", "content": "ship it"}]}, config)
+    assert paused["__interrupt__"][0].value == {"question": "Deploy?"}
+    state = await agent.get_state(config)
+    assert state.next == ("ask",)
+    assert state.interrupts[0].value == {"question": "Deploy?"}
+    assert state.metadata["status"] == "interrupted"
+    final = await agent.resume(config, "yes")
+    assert final["decision"] == "yes"
+    assert final["messages"][-1].content == "Decision: yes"
+    assert (await agent.get_state(config)).metadata["status"] == "completed"
+
+
+async def test_interrupt_resume_via_astream_command(temporal_client, worker):
+    agent = _agent(temporal_client, worker, "approval")
+    config = _config()
+    first = [
+        c
+        async for c in agent.astream(
+            {"messages": [{"role": "user", "content": "ship it"}]}, config, stream_mode="updates"
+        )
+    ]
+    assert "__interrupt__" in first[-1]
+    second = [
+        c async for c in agent.astream(Command(resume="no"), config, stream_mode="updates")
+    ]
+    assert second[-1] == {"finish": {"messages": [second[-1]["finish"]["messages"][0]]}}
+    assert second[-1]["finish"]["messages"][0].content == "Decision: no"
+
+
+def _history_bytes(history) -> int:
+    return sum(ev.ByteSize() for ev in history.events)
+
+
+async def _tokens_run(agent):
+    config = _config()
+    events = [
+        ev
+        async for ev in agent.astream(
+            {"messages": [{"role": "user", "content": "2+3?"}]}, config, stream_mode="tokens"
+        )
+    ]
+    handle = agent.client.get_workflow_handle(config["configurable"]["thread_id"])
+    return events, await handle.fetch_history(), await handle.result()
+
+
+async def test_phase2_history_is_a_summary_per_llm_call(
+    temporal_client, redis_server, worker, worker_no_tokens, record_property
+):
+    if not redis_server.process.running:
+        redis_server.start()
+    streamed, hist_on, result = await _tokens_run(
+        _agent(temporal_client, worker, "deep_agent", redis_server.url)
+    )
+    tokens = [e for e in streamed if e["type"] == "token"]
+    assert tokens and {e["source"] for e in tokens} == {"redis"}
+    _, hist_off, _ = await _tokens_run(_agent(temporal_client, worker_no_tokens, "deep_agent"))
+    llm_calls = sum(isinstance(m, AIMessage) for m in result["messages"])
+    assert llm_calls == 2
+    on, off = _history_bytes(hist_on), _history_bytes(hist_off)
+    per_call = (on - off) / llm_calls
+    record_property("history_bytes_tokens_on", on)
+    record_property("history_bytes_tokens_off", off)
+    record_property("phase2_history_bytes_per_llm_call", per_call)
+    print(f"history: {on} B with Phase 2 tokens, {off} B without; {per_call:.0f} B per LLM call")
+    text_bytes = sum(len(e["token"].encode()) for e in tokens)
+    assert per_call <= 400, f"Phase 2 added {per_call:.0f} B of history per LLM call"
+    # no token text in history: the tokens alone would be more than the overhead
+    assert on - off < text_bytes * 4
+    assert len(hist_on.events) - len(hist_off.events) <= 2
