@@ -92,3 +92,12 @@ def test_schema_rules():
     assert any("urlSecretRef" in r["rule"] for r in redis_rules)
     assert any("autoscaling" in r["rule"] for r in spec["x-kubernetes-validations"])
     assert props["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_cli_crd_subcommand(tmp_path):
+    from deepagent_operator.__main__ import main
+
+    out = tmp_path / "crd.yaml"
+    assert main(["crd", "-o", str(out)]) == 0
+    assert out.read_text() == CRD_FILE.read_text()
+    assert main(["crd", "--check", str(CRD_FILE), str(CHART_CRD_FILE)]) == 0
