@@ -28,6 +28,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -196,6 +197,34 @@ def _phase1_batch_interval() -> timedelta:
     return timedelta(milliseconds=max(ms, 1.0))
 
 
+def _metric(cls: Any, name: str, doc: str, **kwargs: Any) -> Any:
+    from prometheus_client import REGISTRY
+
+    existing = getattr(REGISTRY, "_names_to_collectors", {})
+    for candidate in (name, f"{name}_total"):
+        if candidate in existing:
+            return existing[candidate]
+    return cls(name, doc, **kwargs)
+
+
+def _activity_metrics() -> tuple[Any, Any]:
+    from prometheus_client import Counter, Histogram
+
+    count = _metric(
+        Counter,
+        "deepagent_node_activities",
+        "Graph node activities executed by this worker, by node and outcome.",
+        labelnames=("node", "outcome"),
+    )
+    seconds = _metric(
+        Histogram,
+        "deepagent_node_activity_seconds",
+        "Duration of graph node activity attempts.",
+        labelnames=("node",),
+    )
+    return count, seconds
+
+
 class _NodeActivityInbound(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, owner: TokenStreamingInterceptor):
         super().__init__(next)
@@ -208,7 +237,22 @@ class _NodeActivityInbound(ActivityInboundInterceptor):
         info = activity.info()
         if info.workflow_id is None:
             return await self.next.execute_activity(input)
-        return await self._owner.run_node_activity(self.next, input)
+        count, seconds = _activity_metrics()
+        node_input = input.args[0] if input.args else None
+        node = getattr(node_input, "node", "") or node_name
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await self._owner.run_node_activity(self.next, input)
+            outcome = (
+                "interrupted"
+                if isinstance(result, NodeActivityOutput) and result.interrupts is not None
+                else "completed"
+            )
+            return result
+        finally:
+            count.labels(node=node, outcome=outcome).inc()
+            seconds.labels(node=node).observe(time.perf_counter() - started)
 
 
 class TokenStreamingInterceptor(Interceptor):

@@ -253,7 +253,11 @@ class DeepAgentPlugin(LangGraphPlugin):
         opts.pop("summary", None)
         activity_fn = make_node_activity(activity_name, func)
         self.activities.append(activity_fn)
-        node = activity_name.split(".", 1)[1] if "." in activity_name else activity_name
+        node = activity_name
+        for graph_name in sorted(self._graph_names, key=len, reverse=True):
+            if activity_name.startswith(graph_name + "."):
+                node = activity_name[len(graph_name) + 1 :]
+                break
         return make_node_caller(activity_fn, node, opts)
 
 

@@ -111,6 +111,7 @@ async def test_deep_agent_streams_every_token_once(
     check_guarantees(events, messages)
     sources = {e["source"] for e in events if e["type"] == "token"}
     assert sources == {transport}
+    assert {e["node"] for e in events if e["type"] == "token"} == {"model"}
     assert state.metadata["status"] == "completed"
 
 
@@ -122,6 +123,7 @@ async def test_send_fanout_streams_both_branches_interleaved(
     events = await _collect(agent, {"topics": ["alpha", "beta"], "messages": []}, config)
     state = await agent.get_state(config)
     check_guarantees(events, state.values["messages"])
+    assert {e["node"] for e in events if e["type"] == "token"} == {"write"}
     order = [e["message_id"] for e in events if e["type"] == "token"]
     assert len(set(order)) == 2
     switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
