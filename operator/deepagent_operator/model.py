@@ -237,7 +237,10 @@ class StreamingSpec(_Model):
     ttl_seconds: int = Field(
         default=3600, ge=1, description="DEEPAGENT_STREAM_TTL_SECONDS (sliding EXPIRE)."
     )
-    redis: RedisSpec = Field(default_factory=RedisSpec, json_schema_extra={"default": {}})
+    # The default names `mode` because the API server checks the CEL rules on defaults too.
+    redis: RedisSpec = Field(
+        default_factory=RedisSpec, json_schema_extra={"default": {"mode": "Disabled"}}
+    )
 
 
 class AutoscalingSpec(_Model):
