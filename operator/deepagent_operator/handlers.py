@@ -59,7 +59,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         prefix="deepagent.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "deepagent.dev/finalizer"
-    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.server_timeout = int(config.watch_server_timeout)
     settings.watching.client_timeout = config.watch_client_timeout
     settings.watching.connect_timeout = config.connect_timeout
     settings.networking.connect_timeout = config.connect_timeout
