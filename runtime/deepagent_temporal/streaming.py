@@ -69,9 +69,11 @@ from typing import Any, Literal, TypedDict, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessageChunk
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from deepagent_temporal import metrics
+from deepagent_temporal.resp import RespConnection
 
 try:  # orjson is a dependency of langgraph-sdk / langsmith; json is the fallback
     import orjson
@@ -118,6 +120,16 @@ class TokenEvent(TypedDict, total=False):
     ts: float
     error: str
     nostream: bool
+
+
+_TOKENS_REDIS = metrics.TOKENS_PUBLISHED.labels(transport=REDIS)
+_TOKENS_TEMPORAL = metrics.TOKENS_PUBLISHED.labels(transport=TEMPORAL)
+
+
+def _count_tokens(counter: Any, events: Sequence[dict[str, Any]]) -> None:
+    n = sum(1 for e in events if e.get("type") == "token")
+    if n:
+        counter.inc(n)
 
 
 # --------------------------------------------------------------------------------------
@@ -239,8 +251,12 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
             self._redis_idle.set()
         self._p1 = _Phase1State()
         self.phase1_events: list[dict[str, Any]] = []  # when phase1_publish is None
+        self._p1_counted = 0
         self.events_emitted = 0
         self._control_call: _Call | None = None
+        if redis is not None and loop is not None and self._loop_thread is not None:
+            with contextlib.suppress(RuntimeError):
+                redis._ensure_writer()  # bind the writer to this (the activity's) loop
         if emit_reset and self.attempt > 1:
             self._submit(
                 None,
@@ -329,16 +345,17 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         if call is None:
             return
         tool_call_chunks = None
-        message = getattr(chunk, "message", None)
+        message = chunk.message if chunk is not None else None
         if message is not None:
-            text = _text_of(message.content)
-            tcc = getattr(message, "tool_call_chunks", None)
+            content = message.content
+            text = content if type(content) is str else _text_of(content)
+            tcc = message.tool_call_chunks if type(message) is AIMessageChunk else None
             if tcc:
                 tool_call_chunks = [dict(c) for c in tcc]
             if call.message_id is None:
                 call.message_id = message.id
         else:
-            text = _text_of(token)
+            text = token if type(token) is str else _text_of(token)
         if not text and not tool_call_chunks:
             return  # e.g. the final empty chunk with chunk_position="last"
         if call.message_id is None:
@@ -360,7 +377,10 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         if call.nostream:
             ev["nostream"] = True
         call.index += 1
-        self._submit(call, ev)
+        if self._loop_thread == threading.get_ident():
+            self._dispatch(call, ev, False)
+        else:
+            self._submit(call, ev)
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._end_call(run_id, None)
@@ -442,13 +462,9 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
                 assert self._redis_idle is not None
                 self._redis_idle.clear()
                 redis.enqueue(self.workflow_id, self.run_id, ev, self, call)
-                if ev["type"] == "token":
-                    metrics.TOKENS_PUBLISHED.labels(transport=REDIS).inc()
         if call.route == TEMPORAL:
             ev["source"] = TEMPORAL
             self._p1_add([ev])
-            if ev["type"] == "token":
-                metrics.TOKENS_PUBLISHED.labels(transport=TEMPORAL).inc()
         if end:
             call.ended = True
             transport = TEMPORAL if (call.route == TEMPORAL or call.failed_over) else REDIS
@@ -558,6 +574,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
                 try:
                     await self.phase1_publish(batch)
                     metrics.PHASE1_BATCHES.inc()
+                    _count_tokens(_TOKENS_TEMPORAL, batch)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -599,6 +616,9 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
                 break
         if p1.error is not None:
             raise RuntimeError(f"Phase 1 token publish failed: {p1.error!r}") from p1.error
+        if self.phase1_publish is None:
+            _count_tokens(_TOKENS_TEMPORAL, self.phase1_events[self._p1_counted :])
+            self._p1_counted = len(self.phase1_events)
         return list(self._summaries)
 
     @property
@@ -707,8 +727,10 @@ class RedisStreamBackend:
         self.replay_max_events_per_run = replay_max_events_per_run
         self.replay_max_runs = replay_max_runs
         self.max_events_per_entry = max_events_per_entry
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._conn: RespConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._expired: dict[str, float] = {}  # key -> monotonic time of the last EXPIRE
+        self.expire_refresh_seconds = min(1.0, ttl_seconds / 10)
         self._queue: list[_WriteItem] = []
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
@@ -737,28 +759,33 @@ class RedisStreamBackend:
 
     # -- connection ------------------------------------------------------------------
 
-    def _new_client(self, socket_timeout: float | None) -> Any:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        return aioredis.from_url(
-            self.redis_url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=Retry(NoBackoff(), 0),  # a lost connection must surface as a failure
-            retry_on_timeout=False,
-            health_check_interval=0,
+    async def _connect(self) -> RespConnection:
+        return await _io_with_timeout(
+            RespConnection.connect(self.redis_url), self.connect_timeout
         )
+
+    async def _writer_conn(self) -> RespConnection:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = await self._connect()
+            self._expired.clear()  # a new connection may be a new (empty) server
+        return conn
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._expired.clear()
 
     def _ensure_writer(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._client_loop is not loop:
-            # first use, or a new event loop (tests): fresh client and writer
-            self._client = self._new_client(self.op_timeout)
-            self._client_loop = loop
+        if self._loop is not loop:
+            # first use, or a new event loop (tests): fresh connection and writer
+            self._conn = None
+            self._loop = loop
             self._wakeup = asyncio.Event()
             self._writer = None
+            self._probe = None
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_loop(), name="redis-stream-writer")
 
@@ -791,26 +818,32 @@ class RedisStreamBackend:
                 return
             c.state = "half_open"
             try:
-                self._ensure_writer()
-                await _io_with_timeout(self._client.ping(), self.op_timeout)
+                conn = await self._connect()
+                await _io_with_timeout(conn.command("PING"), self.op_timeout)
+                conn.close()
             except asyncio.CancelledError:
                 c.state = "open"
                 raise
             except Exception:  # noqa: BLE001
                 metrics.REDIS_ERRORS.labels(op="probe").inc()
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect(inuse_connections=True)
                 c.record_failure()
                 continue
+            self._drop_conn()  # the writer reconnects (its old connection is dead)
             c.record_success()
 
     async def ping(self) -> bool:
+        """One PING on a fresh connection, within the bounded timeouts."""
         try:
-            self._ensure_writer()
-            await _io_with_timeout(self._client.ping(), self.op_timeout)
+            conn = await self._connect()
+        except Exception:  # noqa: BLE001
+            return False
+        try:
+            await _io_with_timeout(conn.command("PING"), self.op_timeout)
             return True
         except Exception:  # noqa: BLE001
             return False
+        finally:
+            conn.close()
 
     # -- publishing ------------------------------------------------------------------
 
@@ -823,7 +856,8 @@ class RedisStreamBackend:
         call: Any = None,
     ) -> None:
         """Queue one event (loop thread only). The owner is told ack/fail per event."""
-        self._ensure_writer()
+        if self._writer is None or self._writer.done():
+            self._ensure_writer()
         run = (workflow_id, run_id)
         self._remember(run, event)
         self._queue.append(_WriteItem(self.stream_key(workflow_id, run_id), run, event, owner, call))
@@ -893,35 +927,48 @@ class RedisStreamBackend:
         by_key: dict[str, list[dict[str, Any]]] = {}
         for it in items:
             by_key.setdefault(it.key, []).append(it.event)
-        client = self._client
-        pipe = client.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         step = self.max_events_per_entry
+        now = time.monotonic()
+        expire_keys = []
         for key, evs in by_key.items():
             for i in range(0, len(evs), step):
                 part = evs[i : i + step]
-                fields = {"e": _dumps(part[0])} if len(part) == 1 else {"b": _dumps(part)}
-                pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)
-            pipe.expire(key, self.ttl_seconds)
+                if len(part) == 1:
+                    fields: tuple[Any, ...] = (b"e", _dumps(part[0]))
+                else:
+                    fields = (b"b", _dumps(part))
+                commands.append((b"XADD", key, b"MAXLEN", b"~", self.maxlen, b"*", *fields))
+            last = self._expired.get(key)
+            if last is None or now - last >= self.expire_refresh_seconds:
+                commands.append((b"EXPIRE", key, self.ttl_seconds))
+                expire_keys.append(key)
         t0 = time.perf_counter()
         try:
-            await _io_with_timeout(pipe.execute(), self.op_timeout)
+            conn = await self._writer_conn()
+            await _io_with_timeout(conn.pipeline(commands), self.op_timeout)
         except asyncio.CancelledError:
+            self._drop_conn()
             self._settle(items, ok=False)
             raise
         except Exception as exc:  # noqa: BLE001
             metrics.REDIS_ERRORS.labels(op="xadd").inc()
             if self.circuit.state == "closed":
                 logger.warning("Redis stream write failed (%r): circuit opens", exc)
+            self._drop_conn()
             self.circuit.record_failure()
-            with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect(inuse_connections=True)
             self._settle(items, ok=False)
             self._ensure_prober()
             return
+        for key in expire_keys:
+            self._expired[key] = now
+        if len(self._expired) > 10000:
+            self._expired.clear()
         metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - t0)
         metrics.REDIS_PIPELINE_EVENTS.observe(len(items))
         self.writes += 1
         self.events_written += len(items)
+        _count_tokens(_TOKENS_REDIS, [it.event for it in items])
         self._settle(items, ok=True)
 
     def _settle(self, items: list[_WriteItem], ok: bool) -> None:
@@ -1017,46 +1064,91 @@ class RedisStreamBackend:
         seen); cancel the consuming task (or ``aclose()``) to stop. Each event carries
         ``redis_id`` (its entry id, the resume cursor) and ``source="redis"``.
         """
-        key = self.stream_key(workflow_id, run_id)
-        client = self._new_client(socket_timeout=block_ms / 1000 + max(self.op_timeout, 1.0))
+        async for _run, ev in self.subscribe_many(
+            [(workflow_id, run_id)], {(workflow_id, run_id): last_id},
+            block_ms=block_ms, count=count, max_backoff=max_backoff,
+            stop_on_complete=stop_on_complete,
+        ):
+            yield ev
+
+    async def subscribe_many(
+        self,
+        runs: Sequence[tuple[str, str]],
+        last_ids: dict[tuple[str, str], str] | None = None,
+        *,
+        block_ms: int = 1000,
+        count: int = 1000,
+        max_backoff: float = 2.0,
+        stop_on_complete: bool = True,
+    ) -> AsyncIterator[tuple[tuple[str, str], dict[str, Any]]]:
+        """Like ``subscribe`` for many runs over one connection: yields ``(run, event)``.
+
+        A run stops being read after its ``complete``; the iterator ends when all have.
+        """
+        cursors: dict[bytes, str] = {}
+        run_of: dict[bytes, tuple[str, str]] = {}
+        for run in runs:
+            key = self.stream_key(*run).encode()
+            run_of[key] = (run[0], run[1])
+            cursors[key] = (last_ids or {}).get(run, "0-0")
+        conn: RespConnection | None = None
         backoff = 0.05
         try:
-            while True:
+            while cursors:
                 try:
-                    resp = await client.xread({key: last_id}, block=block_ms, count=count)
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    keys = list(cursors)
+                    async with asyncio.timeout(block_ms / 1000 + max(self.op_timeout, 1.0)):
+                        resp = await conn.command(
+                            b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS",
+                            *keys, *(cursors[k] for k in keys),
+                        )
                     backoff = 0.05
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - reconnect on any I/O problem
                     logger.debug("subscriber reconnecting after %r", exc)
-                    with contextlib.suppress(Exception):
-                        await client.connection_pool.disconnect(inuse_connections=True)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
                     await asyncio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, max_backoff)
                     continue
                 if not resp:
                     continue
-                for _stream, entries in resp:
+                for key, entries in resp:
+                    run = run_of[key]
                     for entry_id, fields in entries:
-                        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                        last_id = eid
-                        for ev in _decode_entry(fields):
+                        eid = entry_id.decode()
+                        cursors[key] = eid
+                        for ev in _decode_fields(fields):
                             ev["source"] = REDIS
                             ev["redis_id"] = eid
-                            yield ev
+                            yield run, ev
                             if stop_on_complete and ev.get("type") == "complete":
-                                return
+                                cursors.pop(key, None)
+                                break
+                        if key not in cursors:
+                            break
         finally:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            if conn is not None:
+                conn.close()
 
     async def read_all(self, workflow_id: str, run_id: str) -> list[dict[str, Any]]:
         """All events currently in a run's stream (XRANGE), for tests and tools."""
-        self._ensure_writer()
+        conn = await self._connect()
+        try:
+            entries = await _io_with_timeout(
+                conn.command(b"XRANGE", self.stream_key(workflow_id, run_id), b"-", b"+"),
+                max(self.op_timeout, 5.0),
+            )
+        finally:
+            conn.close()
         out = []
-        for entry_id, fields in await self._client.xrange(self.stream_key(workflow_id, run_id)):
-            for ev in _decode_entry(fields):
-                ev["redis_id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        for entry_id, fields in entries or []:
+            for ev in _decode_fields(fields):
+                ev["redis_id"] = entry_id.decode()
                 out.append(ev)
         return out
 
@@ -1066,12 +1158,20 @@ class RedisStreamBackend:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
-        self._client = None
-        self._client_loop = None
+        self._drop_conn()
+        self._loop = None
         self._writer = None
+        self._probe = None
+
+
+def _decode_fields(fields: list[bytes]) -> list[dict[str, Any]]:
+    for i in range(0, len(fields) - 1, 2):
+        name, value = fields[i], fields[i + 1]
+        if name == b"e":
+            return [_loads(value)]
+        if name == b"b":
+            return list(_loads(value))
+    return []
 
 
 async def _io_with_timeout(coro: Awaitable[T], seconds: float) -> T:
@@ -1098,16 +1198,6 @@ async def _io_with_timeout(coro: Awaitable[T], seconds: float) -> T:
             await task
         raise TimeoutError(f"Redis did not answer within {seconds}s")
     return task.result()
-
-
-def _decode_entry(fields: dict[Any, Any]) -> list[dict[str, Any]]:
-    for k, v in fields.items():
-        name = k.decode() if isinstance(k, bytes) else k
-        if name == "e":
-            return [_loads(v)]
-        if name == "b":
-            return list(_loads(v))
-    return []
 
 
 # The delivery side lives in delivery.py; re-exported here for one import path.
