@@ -23,6 +23,7 @@ stays in the activity result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -308,30 +309,47 @@ class TokenStreamingInterceptor(Interceptor):
                 tokens_topic.publish(list(events))
 
         summaries: list[dict[str, Any]] | None = None
-        async with stream:
-            ctx = ActivityStreamContext(custom_writer=custom_topic.publish)
-            handler = None
-            if self.enable_token_streaming:
-                handler = self._make_handler(input, phase1_publish)
-                ctx.handler = handler
-            ctx_token = _stream_ctx.set(ctx)
-            handler_token = token_handler_var.set(handler) if handler is not None else None
-            try:
+        heartbeat = asyncio.create_task(_heartbeat_loop())
+        try:
+            async with stream:
+                ctx = ActivityStreamContext(custom_writer=custom_topic.publish)
+                handler = None
+                if self.enable_token_streaming:
+                    handler = self._make_handler(input, phase1_publish)
+                    ctx.handler = handler
+                ctx_token = _stream_ctx.set(ctx)
+                handler_token = token_handler_var.set(handler) if handler is not None else None
                 try:
-                    result = await next.execute_activity(input)
+                    try:
+                        result = await next.execute_activity(input)
+                    finally:
+                        if handler is not None:
+                            summaries = await handler.flush()
                 finally:
-                    if handler is not None:
-                        summaries = await handler.flush()
-            finally:
-                if handler_token is not None:
-                    token_handler_var.reset(handler_token)
-                _stream_ctx.reset(ctx_token)
+                    if handler_token is not None:
+                        token_handler_var.reset(handler_token)
+                    _stream_ctx.reset(ctx_token)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await heartbeat
         if summaries and isinstance(result, NodeActivityOutput):
             task_id = activity.info().activity_id
             result = dataclasses.replace(
                 result, token_summary=[{**s, "task_id": task_id} for s in summaries]
             )
         return result
+
+
+async def _heartbeat_loop() -> None:
+    """Heartbeat while the node runs, so a crashed worker's attempt is retried quickly."""
+    timeout = activity.info().heartbeat_timeout
+    if not timeout:
+        return
+    interval = max(timeout.total_seconds() / 3, 0.2)
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(interval)
 
 
 async def finish_stream_activity_impl(backend: Any) -> bool:

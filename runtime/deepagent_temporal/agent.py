@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ from temporalio.client import (
     Client,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.service import RPCError
@@ -232,10 +234,7 @@ class TemporalDeepAgent:
         want_tokens = "tokens" in modes
         if want_tokens:
             topics.append(TOKENS_TOPIC)
-        stream = WorkflowStreamClient.create(self.client, handle.id)
-        temporal_items = stream.subscribe(
-            topics, from_offset=from_offset, poll_cooldown=self.poll_interval
-        )
+        temporal_items = self._subscribe(handle, topics, from_offset)
         if not want_tokens:
             async for kind, chunk in _graph_events(temporal_items, modes):
                 yield kind, chunk
@@ -252,6 +251,40 @@ class TemporalDeepAgent:
         ):
             yield kind, chunk
         await self._raise_if_failed(handle)
+
+    async def _subscribe(
+        self, handle: WorkflowHandle, topics: list[str], from_offset: int
+    ) -> AsyncIterator[Any]:
+        """Workflow stream items from ``from_offset``, surviving worker outages.
+
+        A stream poll is a workflow update: while no worker polls the task queue (all
+        workers restarting, one crashed) it fails; we re-subscribe from the next offset
+        for as long as the run is open.
+        """
+        offset = from_offset
+        failures = 0
+        while True:
+            stream = WorkflowStreamClient.create(self.client, handle.id)
+            try:
+                async for item in stream.subscribe(
+                    topics, from_offset=offset, poll_cooldown=self.poll_interval
+                ):
+                    failures = 0
+                    offset = item.offset + 1
+                    yield item
+                return
+            except (RPCError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                failures += 1
+                try:
+                    desc = await handle.describe()
+                except RPCError:
+                    if failures > 120:
+                        raise
+                    desc = None
+                if desc is not None and desc.status is not None and desc.status.name != "RUNNING":
+                    if failures > 5:
+                        raise
+                await asyncio.sleep(min(0.1 * failures, 1.0))
 
     async def _raise_if_failed(self, handle: WorkflowHandle) -> None:
         desc = await handle.describe()

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -44,6 +45,11 @@ from deepagent_temporal.workflow import GRAPH_OPTIONS, DeepAgentWorkflow
 
 DEFAULT_ACTIVITY_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=10),
+    # the worker heartbeats node activities; a crashed worker's attempt is retried
+    # elsewhere after this long (DEEPAGENT_HEARTBEAT_TIMEOUT_SECONDS)
+    "heartbeat_timeout": timedelta(
+        seconds=float(os.environ.get("DEEPAGENT_HEARTBEAT_TIMEOUT_SECONDS", "30"))
+    ),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(milliseconds=500),
         backoff_coefficient=2.0,
