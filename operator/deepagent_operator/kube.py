@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "DeepAgent": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "Event": ("/api/v1", "events"),
 }
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import datetime
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +24,7 @@ from typing import Any
 import pydantic
 from kubernetes.utils import parse_quantity
 
-from . import API_VERSION, KIND
+from . import API_VERSION, KIND, MANAGER
 from .children import (
     AGENT_LABEL,
     HASH_ANNOTATION,
@@ -138,12 +140,10 @@ def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _kopf_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        import kopf
+    """Post through kopf's event queue (raises LookupError outside kopf's handler context)."""
+    import kopf
 
-        kopf.event(_ref(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
-    except LookupError:  # not inside a running kopf operator (unit tests, scripts)
-        log.info("event %s %s: %s", type_, reason, message)
+    kopf.event(_ref(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
 
 
 class Metrics:
@@ -168,12 +168,49 @@ class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig, event: EventFn | None = None):
         self.kube = kube
         self.config = config
-        self.event = event or _kopf_event
+        self._event_fn = event
         self.metrics = Metrics()
         self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         #: (kind, ns, name) -> metadata.generation last written or seen by the operator.
         self.generations: dict[tuple[str, str, str], int] = {}
+
+    def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the DeepAgent (kopf's queue in handlers, else a direct POST)."""
+        if self._event_fn is not None:
+            self._event_fn(body, type_, reason, message)
+            return
+        try:
+            _kopf_event(body, type_, reason, message)
+            return
+        except LookupError:  # resync loop / outside kopf's per-object context
+            pass
+        meta = body.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self.kube.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {
+                        "generateName": f"{meta.get('name')}.",
+                        "namespace": meta.get("namespace"),
+                    },
+                    "involvedObject": _ref(body)["metadata"]
+                    | {"apiVersion": API_VERSION, "kind": KIND},
+                    "type": type_,
+                    "reason": reason,
+                    "message": message[:1000],
+                    "source": {"component": MANAGER},
+                    "reportingComponent": MANAGER,
+                    "reportingInstance": socket.gethostname(),
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "count": 1,
+                }
+            )
+        except Exception:  # events are best effort
+            log.debug("could not post event %s %s", reason, message, exc_info=True)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:

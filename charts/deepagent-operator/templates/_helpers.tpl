@@ -45,17 +45,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "deepagent-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) }}
 {{- end }}
 
 {{- define "deepagent-operator.runtimeImage" -}}
 {{- if .Values.runtimeImage.repository }}
-{{- printf "%s:%s" .Values.runtimeImage.repository (default .Chart.AppVersion .Values.runtimeImage.tag) }}
+{{- printf "%s:%s" .Values.runtimeImage.repository (toString (default .Chart.AppVersion .Values.runtimeImage.tag)) }}
 {{- end }}
 {{- end }}
 
 {{- define "deepagent-operator.redisImage" -}}
-{{- printf "%s:%s" .Values.redisImage.repository .Values.redisImage.tag }}
+{{- printf "%s:%s" .Values.redisImage.repository (toString .Values.redisImage.tag) }}
 {{- end }}
 
 {{/*

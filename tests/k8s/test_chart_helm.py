@@ -1,0 +1,403 @@
+"""The Helm chart: lint, template combinations, install into the local control plane, RBAC.
+
+``helm`` is the pinned build the k8s harness provides (``k8s_cluster.helm``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from deepagent_operator.kube import Kube
+from deepagent_operator.testing import OperatorProcess
+
+pytestmark = pytest.mark.k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "deepagent-operator"
+CRD = ROOT / "crds" / "deepagent.yaml"
+
+
+def render(k8s_cluster, *sets: str, check: bool = True, include_crds: bool = False):
+    args = ["template", "rel", str(CHART), "--namespace", "ops"]
+    if include_crds:
+        args.append("--include-crds")
+    for s in sets:
+        args += ["--set", s]
+    proc = k8s_cluster.helm(*args, check=check)
+    if not check:
+        return proc
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_kind(docs) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def operator_container(docs) -> dict:
+    (dep,) = by_kind(docs)["Deployment"]
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(docs) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+
+
+def rules_allow(rules, group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
+    )
+
+
+# -- lint and templates ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["watch.namespaces={a,b}"],
+        ["metrics.enabled=true", "podDisruptionBudget.enabled=true"],
+        ["peering.enabled=true", "replicaCount=2"],
+    ],
+    ids=["default", "namespaced", "metrics-pdb", "peering"],
+)
+def test_helm_lint_strict(k8s_cluster, sets):
+    args = ["lint", "--strict", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    proc = k8s_cluster.helm(*args)
+    assert "0 chart(s) failed" in proc.stdout, proc.stdout
+
+
+def test_default_render_cluster_wide(k8s_cluster):
+    docs = render(k8s_cluster)
+    kinds = by_kind(docs)
+    assert set(kinds) == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    }
+    roles = {r["metadata"]["name"]: r for r in kinds["ClusterRole"]}
+    main = roles["rel-deepagent-operator"]["rules"]
+    for group, resource, verb in [
+        ("deepagent.dev", "deepagents", "watch"),
+        ("deepagent.dev", "deepagents/status", "patch"),
+        ("apps", "deployments", "create"),
+        ("apps", "statefulsets", "patch"),
+        ("", "secrets", "create"),
+        ("", "services", "delete"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("autoscaling", "horizontalpodautoscalers", "create"),
+        ("", "events", "create"),
+    ]:
+        assert rules_allow(main, group, resource, verb), (group, resource, verb)
+    assert not rules_allow(main, "", "namespaces", "delete")
+    assert not rules_allow(main, "", "pods", "create")
+    c = operator_container(docs)
+    assert c["args"][:2] == ["run", "--standalone"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    env = env_of(docs)
+    assert env["DEEPAGENT_WATCH_NAMESPACES"] == ""
+    assert env["DEEPAGENT_DEFAULT_IMAGE"] == "deepagent-temporal/runtime:0.1.0"
+    assert env["DEEPAGENT_REDIS_IMAGE"] == "redis:7.4-alpine"
+    assert env["DEEPAGENT_METRICS_PORT"] == "0"
+    assert c["image"] == "deepagent-temporal/operator:0.1.0"
+    (dep,) = kinds["Deployment"]
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    for d in docs:
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "deepagent-operator"
+        assert labels["app.kubernetes.io/instance"] == "rel"
+        assert labels["helm.sh/chart"] == "deepagent-operator-0.1.0"
+
+
+def test_namespaced_render_has_roles_per_namespace(k8s_cluster):
+    docs = render(k8s_cluster, "watch.namespaces={team-a,team-b}")
+    kinds = by_kind(docs)
+    assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in kinds["RoleBinding"]) == [
+        "team-a",
+        "team-b",
+    ]
+    for binding in kinds["RoleBinding"]:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "rel-deepagent-operator", "namespace": "ops"}
+        ]
+    # the only cluster-wide permissions: reading CRDs and namespace names
+    (cluster_role,) = kinds["ClusterRole"]
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    ]
+    assert env_of(docs)["DEEPAGENT_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_images_and_settings_are_passed_to_the_operator(k8s_cluster):
+    docs = render(
+        k8s_cluster,
+        "image.repository=reg/op",
+        "image.tag=1.2.3",
+        "runtimeImage.repository=reg/rt",
+        "runtimeImage.tag=9",
+        "redisImage.repository=reg/redis",
+        "redisImage.tag=8",
+        "temporal.defaultAddress=temporal.t:7233",
+        "resyncSeconds=15",
+        "logLevel=debug",
+    )
+    env = env_of(docs)
+    assert operator_container(docs)["image"] == "reg/op:1.2.3"
+    assert env["DEEPAGENT_DEFAULT_IMAGE"] == "reg/rt:9"
+    assert env["DEEPAGENT_REDIS_IMAGE"] == "reg/redis:8"
+    assert env["DEEPAGENT_DEFAULT_TEMPORAL_ADDRESS"] == "temporal.t:7233"
+    assert env["DEEPAGENT_RESYNC_SECONDS"] == "15"
+    assert "--debug" in operator_container(docs)["args"]
+    docs = render(k8s_cluster, "runtimeImage.repository=")
+    assert env_of(docs)["DEEPAGENT_DEFAULT_IMAGE"] == ""
+
+
+def test_metrics_service_and_pdb(k8s_cluster):
+    docs = render(
+        k8s_cluster,
+        "metrics.enabled=true",
+        "podDisruptionBudget.enabled=true",
+    )
+    kinds = by_kind(docs)
+    (svc,) = kinds["Service"]
+    assert svc["metadata"]["name"] == "rel-deepagent-operator-metrics"
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    (pdb,) = kinds["PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    ports = {p["name"]: p["containerPort"] for p in operator_container(docs)["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    assert env_of(docs)["DEEPAGENT_METRICS_PORT"] == "9090"
+    docs = render(
+        k8s_cluster, "podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=1"
+    )
+    (pdb,) = by_kind(docs)["PodDisruptionBudget"]
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": pdb["spec"]["selector"],
+    }
+
+
+def test_peering_mode(k8s_cluster):
+    docs = render(k8s_cluster, "peering.enabled=true", "replicaCount=2")
+    c = operator_container(docs)
+    assert "--peering=deepagent-operator" in c["args"]
+    assert "--standalone" not in c["args"]
+    (dep,) = by_kind(docs)["Deployment"]
+    assert dep["spec"]["replicas"] == 2
+    roles = by_kind(docs)["ClusterRole"]
+    assert any(rules_allow(r["rules"], "kopf.dev", "clusterkopfpeerings", "patch") for r in roles)
+
+
+def test_several_replicas_need_peering(k8s_cluster):
+    proc = render(k8s_cluster, "replicaCount=2", check=False)
+    assert proc.returncode != 0
+    assert "peering.enabled=true" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "logLevel=loud",
+        "replicaCount=-1",
+        "watch.namespaces={Bad_NS}",
+        "temporal.defaultAddress=no-port",
+        "healthPort=0",
+        "unknownKey=1",
+        "image.pullPolicy=Sometimes",
+    ],
+)
+def test_values_schema_rejects_bad_values(k8s_cluster, bad):
+    proc = render(k8s_cluster, bad, check=False)
+    assert proc.returncode != 0, bad
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+
+
+def test_crd_is_shipped_with_the_chart(k8s_cluster):
+    docs = render(k8s_cluster, include_crds=True)
+    (crd,) = by_kind(docs)["CustomResourceDefinition"]
+    assert crd == yaml.safe_load(CRD.read_text())
+    assert (CHART / "crds" / "deepagent.yaml").read_bytes() == CRD.read_bytes()
+
+
+def test_notes_render(k8s_cluster):
+    proc = k8s_cluster.helm(
+        "install", "rel", str(CHART), "--dry-run=client", "--namespace", "ops",
+        "--set", "watch.namespaces={agents}",
+    )  # fmt: skip
+    assert "It watches only these namespaces: agents." in proc.stdout
+    assert "kubectl get da" in proc.stdout
+
+
+# -- install into the cluster + RBAC ---------------------------------------------------------
+def can_i(k8s_cluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    proc = k8s_cluster.kubectl(*args, check=False)
+    return proc.stdout.strip() == "yes"
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(k8s_cluster):
+    op_ns = k8s_cluster.create_namespace("chartop")
+    watched = k8s_cluster.create_namespace("chartw")
+    other = k8s_cluster.create_namespace("charto")
+    release = f"nsr-{op_ns[-8:]}"
+    k8s_cluster.helm(
+        "install", release, str(CHART), "--namespace", op_ns,
+        "--set", f"watch.namespaces={{{watched}}}",
+        "--set", "runtimeImage.repository=example/runtime", "--set", "runtimeImage.tag=1",
+    )  # fmt: skip
+    sa = f"system:serviceaccount:{op_ns}:{release}-deepagent-operator"
+    yield {"op_ns": op_ns, "watched": watched, "other": other, "release": release, "sa": sa}
+    k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
+    for ns in (op_ns, watched, other):
+        k8s_cluster.delete_namespace(ns)
+
+
+def test_helm_install_succeeds(k8s_cluster, namespaced_release):
+    r = namespaced_release
+    status = json.loads(
+        k8s_cluster.helm("status", r["release"], "-n", r["op_ns"], "-o", "json").stdout
+    )
+    assert status["info"]["status"] == "deployed"
+    k8s_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/deepagents.deepagent.dev", "--timeout=60s"
+    )
+    dep = f"deployment/{r['release']}-deepagent-operator"
+    k8s_cluster.kubectl("rollout", "status", dep, "-n", r["op_ns"], "--timeout=90s")
+
+
+def test_rbac_namespaced_mode(k8s_cluster, namespaced_release):
+    r = namespaced_release
+    sa, watched, other = r["sa"], r["watched"], r["other"]
+    allowed = [
+        ("watch", "deepagents.deepagent.dev", watched),
+        ("patch", "deepagents.deepagent.dev/status", watched),
+        ("create", "deployments.apps", watched),
+        ("patch", "statefulsets.apps", watched),
+        ("get", "secrets", watched),
+        ("create", "secrets", watched),
+        ("create", "networkpolicies.networking.k8s.io", watched),
+        ("create", "horizontalpodautoscalers.autoscaling", watched),
+        ("create", "events", watched),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ]
+    denied = [
+        ("get", "secrets", other),
+        ("list", "secrets", other),
+        ("list", "deepagents.deepagent.dev", other),
+        ("create", "deployments.apps", other),
+        ("list", "secrets", None),  # cluster-wide
+        ("delete", "namespaces", None),
+        ("create", "pods", watched),
+        ("create", "rolebindings.rbac.authorization.k8s.io", watched),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ]
+    for verb, res, ns in allowed:
+        assert can_i(k8s_cluster, sa, verb, res, ns), f"should allow {verb} {res} in {ns}"
+    for verb, res, ns in denied:
+        assert not can_i(k8s_cluster, sa, verb, res, ns), f"should deny {verb} {res} in {ns}"
+
+
+def test_rbac_cluster_wide_mode(k8s_cluster):
+    op_ns = k8s_cluster.create_namespace("chartcw")
+    release = f"cw-{op_ns[-8:]}"
+    try:
+        k8s_cluster.helm("install", release, str(CHART), "--namespace", op_ns)
+        sa = f"system:serviceaccount:{op_ns}:{release}-deepagent-operator"
+        assert can_i(k8s_cluster, sa, "list", "deepagents.deepagent.dev", None)
+        assert can_i(k8s_cluster, sa, "get", "secrets", "anywhere")
+        assert can_i(k8s_cluster, sa, "create", "deployments.apps", "anywhere")
+        assert not can_i(k8s_cluster, sa, "create", "pods", "anywhere")
+        assert not can_i(k8s_cluster, sa, "delete", "namespaces", None)
+    finally:
+        k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
+        k8s_cluster.delete_namespace(op_ns)
+
+
+def _sa_kubeconfig(k8s_cluster, tmp_path, namespace: str, sa_name: str) -> str:
+    token = k8s_cluster.kubectl(
+        "create", "token", sa_name, "-n", namespace, "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(k8s_cluster.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+        "current-context": "sa",
+    }
+    path = tmp_path / "sa.kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_operator_works_with_the_charts_rbac(k8s_cluster, namespaced_release, tmp_path):
+    """The operator, authenticated as the chart's ServiceAccount, reconciles to Ready."""
+    r = namespaced_release
+    kubeconfig = _sa_kubeconfig(
+        k8s_cluster, tmp_path, r["op_ns"], f"{r['release']}-deepagent-operator"
+    )
+    watched = r["watched"]
+    kube = Kube(k8s_cluster.api_client)
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "keys", "namespace": watched},
+            "data": {"K": base64.b64encode(b"v").decode()},
+        }
+    )
+    agent = {
+        "apiVersion": "deepagent.dev/v1alpha1",
+        "kind": "DeepAgent",
+        "metadata": {"name": "rbac", "namespace": watched},
+        "spec": {
+            "graph": "pkg.mod:agent",
+            "temporal": {"address": "temporal:7233"},
+            "envFrom": [{"secretRef": {"name": "keys"}}],
+            "streaming": {"redis": {"mode": "Managed"}},
+        },
+    }
+    k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(agent))
+    with OperatorProcess(
+        kubeconfig, [watched], default_image="example/runtime:1", resync_seconds=2
+    ) as op:
+        deadline = time.monotonic() + 60
+        phase = None
+        while time.monotonic() < deadline:
+            phase = ((kube.get("DeepAgent", watched, "rbac") or {}).get("status") or {}).get(
+                "phase"
+            )
+            if phase == "Ready":
+                break
+            time.sleep(0.5)
+        assert phase == "Ready", op.log_tail(80)
+        log = op.log_path.read_text()
+        assert "403" not in log and "Forbidden" not in log, op.log_tail(80)
+    for kind, name in [
+        ("Deployment", "rbac-worker"),
+        ("StatefulSet", "rbac-redis"),
+        ("Secret", "rbac-redis-auth"),
+        ("NetworkPolicy", "rbac-redis"),
+    ]:
+        assert kube.get(kind, watched, name) is not None
