@@ -145,7 +145,7 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
 
     emitted: list[float] = []
     model = ScriptedChatModel(
-        script=["x" * tokens], split="chars", token_delay=1 / rate if rate else 0.0,
+        script=["x" * tokens], split="chars", tokens_per_second=rate or None,
         on_token=lambda tok, ts: emitted.append(ts),
     )
 
@@ -254,7 +254,7 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
     async def one(run: str) -> list[float]:
         emitted: list[float] = []
         model = ScriptedChatModel(
-            script=["z" * tokens], split="chars", token_delay=1 / rate,
+            script=["z" * tokens], split="chars", tokens_per_second=rate,
             on_token=lambda tok, ts: emitted.append(ts),
         )
         h = TokenCapturingHandler(workflow_id=wf, run_id=run, node="model", redis=backend)

@@ -679,11 +679,11 @@ class CircuitBreaker:
         metrics.CIRCUIT_STATE.set(0)
 
 
-@dataclass
+@dataclass(slots=True)
 class _WriteItem:
     key: str
-    run: tuple[str, str]
-    event: dict[str, Any]
+    data: bytes  # the event, JSON-encoded once
+    is_token: bool
     owner: TokenCapturingHandler | None
     call: Any  # _Call, or an asyncio.Future for direct publishes
 
@@ -859,8 +859,11 @@ class RedisStreamBackend:
         if self._writer is None or self._writer.done():
             self._ensure_writer()
         run = (workflow_id, run_id)
-        self._remember(run, event)
-        self._queue.append(_WriteItem(self.stream_key(workflow_id, run_id), run, event, owner, call))
+        data = _dumps(event)
+        self._remember(run, data)
+        self._queue.append(
+            _WriteItem(self.stream_key(workflow_id, run_id), data, event.get("type") == "token", owner, call)
+        )
         assert self._wakeup is not None
         self._wakeup.set()
 
@@ -873,10 +876,9 @@ class RedisStreamBackend:
         self._ensure_writer()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         remaining = [len(events)]
-        run = (workflow_id, run_id)
         key = self.stream_key(workflow_id, run_id)
         for ev in events:
-            self._queue.append(_WriteItem(key, run, ev, None, (fut, remaining)))
+            self._queue.append(_WriteItem(key, _dumps(ev), ev.get("type") == "token", None, (fut, remaining)))
         assert self._wakeup is not None
         self._wakeup.set()
         await fut
@@ -911,6 +913,9 @@ class RedisStreamBackend:
     async def _write_loop(self) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
+        if self.circuit.allow():
+            with contextlib.suppress(Exception):  # connect early; a failure counts on write
+                await self._writer_conn()
         while True:
             if not self._queue:
                 wakeup.clear()
@@ -924,9 +929,9 @@ class RedisStreamBackend:
             await self._write(items)
 
     async def _write(self, items: list[_WriteItem]) -> None:
-        by_key: dict[str, list[dict[str, Any]]] = {}
+        by_key: dict[str, list[bytes]] = {}
         for it in items:
-            by_key.setdefault(it.key, []).append(it.event)
+            by_key.setdefault(it.key, []).append(it.data)
         commands: list[tuple[Any, ...]] = []
         step = self.max_events_per_entry
         now = time.monotonic()
@@ -935,9 +940,9 @@ class RedisStreamBackend:
             for i in range(0, len(evs), step):
                 part = evs[i : i + step]
                 if len(part) == 1:
-                    fields: tuple[Any, ...] = (b"e", _dumps(part[0]))
+                    fields: tuple[Any, ...] = (b"e", part[0])
                 else:
-                    fields = (b"b", _dumps(part))
+                    fields = (b"b", b"[" + b",".join(part) + b"]")
                 commands.append((b"XADD", key, b"MAXLEN", b"~", self.maxlen, b"*", *fields))
             last = self._expired.get(key)
             if last is None or now - last >= self.expire_refresh_seconds:
@@ -968,7 +973,9 @@ class RedisStreamBackend:
         metrics.REDIS_PIPELINE_EVENTS.observe(len(items))
         self.writes += 1
         self.events_written += len(items)
-        _count_tokens(_TOKENS_REDIS, [it.event for it in items])
+        n_tokens = sum(1 for it in items if it.is_token)
+        if n_tokens:
+            _TOKENS_REDIS.inc(n_tokens)
         self._settle(items, ok=True)
 
     def _settle(self, items: list[_WriteItem], ok: bool) -> None:
@@ -1001,7 +1008,7 @@ class RedisStreamBackend:
 
     # -- replay window (what Redis may lose when it dies) -------------------------------
 
-    def _remember(self, run: tuple[str, str], event: dict[str, Any]) -> None:
+    def _remember(self, run: tuple[str, str], data: bytes) -> None:
         dq = self._replay.get(run)
         if dq is None:
             dq = self._replay[run] = deque(maxlen=self.replay_max_events_per_run)
@@ -1010,7 +1017,7 @@ class RedisStreamBackend:
         else:
             self._replay.move_to_end(run)
         now = time.monotonic()
-        dq.append((self.circuit.generation, now, event))
+        dq.append((self.circuit.generation, now, data))  # bytes: no GC pressure
         horizon = now - self.replay_window_seconds
         while dq and dq[0][1] < horizon:
             dq.popleft()
@@ -1029,7 +1036,7 @@ class RedisStreamBackend:
         gen = self.circuit.generation
         horizon = time.monotonic() - self.replay_window_seconds
         if not stale_only:
-            out = [e for _, t, e in dq if t >= horizon]
+            out = [_loads(e) for _, t, e in dq if t >= horizon]
             dq.clear()
             return out
         if dq[0][0] >= gen:
@@ -1039,7 +1046,7 @@ class RedisStreamBackend:
         for g, t, e in dq:
             if g < gen:
                 if t >= horizon:
-                    out.append(e)
+                    out.append(_loads(e))
             else:
                 keep.append((g, t, e))
         self._replay[(workflow_id, run_id)] = keep
@@ -1175,20 +1182,35 @@ def _decode_fields(fields: list[bytes]) -> list[dict[str, Any]]:
 
 
 async def _io_with_timeout(coro: Awaitable[T], seconds: float) -> T:
-    """Like ``wait_for`` but tolerant of a starved event loop.
+    """Like ``wait_for``, but a starved event loop does not count as a slow Redis.
 
-    When a CPU-bound node hogs the loop, the timeout and the (already arrived) reply
-    become ready in the same loop iteration; give the reply a few more iterations
-    before declaring Redis slow.
+    When CPU-bound work (a sync node on the loop, fifty LLM calls starting at once) hogs
+    the loop, the timer and the already-arrived reply become ready together, or the
+    timer fires long after its deadline. A bounded timeout should measure Redis, so:
+    if the timer fired late or the loop is lagging, keep waiting (up to 5x ``seconds``).
     """
+    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
+    start = loop.time()
+    deadline = start + seconds
     try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-        if not done:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+            if done:
+                break
+            late = loop.time() - deadline
+            t = loop.time()
             for _ in range(3):
                 await asyncio.sleep(0)
                 if task.done():
                     break
+            if task.done():
+                break
+            lag = loop.time() - t
+            if (late > 0.05 or lag > 0.01) and loop.time() < start + 5 * seconds:
+                deadline = loop.time() + min(seconds, 0.25)
+                continue
+            break
     except asyncio.CancelledError:
         task.cancel()
         raise

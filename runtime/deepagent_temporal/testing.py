@@ -89,7 +89,10 @@ class ScriptedChatModel(BaseChatModel):
     responder: Callable[[list[BaseMessage]], Any] | None = Field(default=None, exclude=True)
     split: str | int = "words"
     token_delay: float = 0.0
-    """Seconds between tokens (``1/200`` = 200 tokens/s)."""
+    """Seconds of sleep between tokens (on top of the per-token processing time)."""
+    tokens_per_second: float | None = None
+    """Pace tokens on an absolute schedule (token n at start + n/rate), like a provider's
+    steady output rate; overrides ``token_delay`` on the async path."""
     args_chunk_size: int = 8
     """Characters of tool-call JSON arguments per streamed chunk."""
     fail_after_tokens: int | None = None
@@ -188,10 +191,14 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         fail = self._should_fail()
+        start = time.monotonic()
+        rate = self.tokens_per_second
         for n, chunk in enumerate(self._chunks(self._reply(messages))):
             if fail and n >= (self.fail_after_tokens or 0):
                 raise ScriptedModelError(f"scripted failure after {n} tokens")
-            if self.token_delay and n:
+            if rate:
+                time.sleep(max(0.0, start + n / rate - time.monotonic()))
+            elif self.token_delay and n:
                 time.sleep(self.token_delay)
             if self.on_token is not None:
                 self.on_token(chunk.content if isinstance(chunk.content, str) else "", time.time())
@@ -205,11 +212,16 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         fail = self._should_fail()
+        start = time.monotonic()
+        rate = self.tokens_per_second
         for n, chunk in enumerate(self._chunks(self._reply(messages))):
             if fail and n >= (self.fail_after_tokens or 0):
                 raise ScriptedModelError(f"scripted failure after {n} tokens")
             # like a provider's model, which awaits the network between chunks
-            await asyncio.sleep(self.token_delay if (self.token_delay and n) else 0)
+            if rate:
+                await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+            else:
+                await asyncio.sleep(self.token_delay if (self.token_delay and n) else 0)
             if self.on_token is not None:
                 self.on_token(chunk.content if isinstance(chunk.content, str) else "", time.time())
             yield ChatGenerationChunk(message=chunk)
