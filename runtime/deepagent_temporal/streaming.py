@@ -665,7 +665,7 @@ class CircuitBreaker:
         self.failures += 1
         if self.state == "half_open":
             self.cooldown = min(self.cooldown * 2, self.max_cooldown)
-        if self.state != "open":
+        if self.state == "closed":
             self.generation += 1
         self.state = "open"
         self.opened_at = self.clock()
@@ -712,8 +712,9 @@ class RedisStreamBackend:
         cooldown_seconds: float = 1.0,
         max_cooldown_seconds: float = 15.0,
         replay_window_seconds: float = 60.0,
-        replay_max_events_per_run: int = 20000,
-        replay_max_runs: int = 1000,
+        replay_max_events_per_run: int = 10_000,
+        replay_max_runs: int = 256,
+        replay_max_events: int = 200_000,
         max_events_per_entry: int = 256,
     ) -> None:
         self.redis_url = redis_url
@@ -726,6 +727,8 @@ class RedisStreamBackend:
         self.replay_window_seconds = replay_window_seconds
         self.replay_max_events_per_run = replay_max_events_per_run
         self.replay_max_runs = replay_max_runs
+        self.replay_max_events = replay_max_events
+        self._replay_total = 0
         self.max_events_per_entry = max_events_per_entry
         self._conn: RespConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -907,7 +910,7 @@ class RedisStreamBackend:
             if stale:
                 metrics.EVENTS_REPLAYED.inc(len(stale))
                 await phase1_publish([{**e, "source": TEMPORAL, "replay": True} for e in stale])
-        self._replay.pop((workflow_id, run_id), None)
+        self.forget_run(workflow_id, run_id)
         return ok
 
     async def _write_loop(self) -> None:
@@ -1009,18 +1012,32 @@ class RedisStreamBackend:
     # -- replay window (what Redis may lose when it dies) -------------------------------
 
     def _remember(self, run: tuple[str, str], data: bytes) -> None:
-        dq = self._replay.get(run)
+        """Keep what was written to Redis for a run, in case Redis loses it.
+
+        Bounded: the last ``replay_window_seconds`` of a run's events (measured from its
+        newest event, so an idle run keeps its tail), at most ``replay_max_events_per_run``
+        per run, ``replay_max_runs`` runs and ``replay_max_events`` in total (LRU).
+        """
+        replay = self._replay
+        dq = replay.get(run)
         if dq is None:
-            dq = self._replay[run] = deque(maxlen=self.replay_max_events_per_run)
-            while len(self._replay) > self.replay_max_runs:
-                self._replay.popitem(last=False)
+            dq = replay[run] = deque(maxlen=self.replay_max_events_per_run)
         else:
-            self._replay.move_to_end(run)
+            replay.move_to_end(run)
         now = time.monotonic()
+        full = len(dq) == dq.maxlen
         dq.append((self.circuit.generation, now, data))  # bytes: no GC pressure
+        if not full:
+            self._replay_total += 1
         horizon = now - self.replay_window_seconds
-        while dq and dq[0][1] < horizon:
+        while dq[0][1] < horizon:
             dq.popleft()
+            self._replay_total -= 1
+        while (
+            len(replay) > self.replay_max_runs or self._replay_total > self.replay_max_events
+        ) and len(replay) > 1:
+            _, old = replay.popitem(last=False)
+            self._replay_total -= len(old)
 
     def take_replay(
         self, workflow_id: str, run_id: str, *, stale_only: bool = True
@@ -1034,23 +1051,23 @@ class RedisStreamBackend:
         if not dq:
             return []
         gen = self.circuit.generation
-        horizon = time.monotonic() - self.replay_window_seconds
         if not stale_only:
-            out = [_loads(e) for _, t, e in dq if t >= horizon]
+            out = [_loads(e) for _, _, e in dq]
+            self._replay_total -= len(dq)
             dq.clear()
             return out
         if dq[0][0] >= gen:
             return []
         out = []
-        keep: deque = deque(maxlen=dq.maxlen)
-        for g, t, e in dq:
-            if g < gen:
-                if t >= horizon:
-                    out.append(_loads(e))
-            else:
-                keep.append((g, t, e))
-        self._replay[(workflow_id, run_id)] = keep
+        while dq and dq[0][0] < gen:
+            out.append(_loads(dq.popleft()[2]))
+        self._replay_total -= len(out)
         return out
+
+    def forget_run(self, workflow_id: str, run_id: str) -> None:
+        dq = self._replay.pop((workflow_id, run_id), None)
+        if dq:
+            self._replay_total -= len(dq)
 
     # -- subscribing -----------------------------------------------------------------
 
