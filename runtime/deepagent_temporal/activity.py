@@ -290,6 +290,7 @@ class TokenStreamingInterceptor(Interceptor):
             attempt=info.attempt,
             redis=self.redis_stream_backend,
             phase1_publish=publish,
+            phase1_interval=self.phase1_batch_interval.total_seconds(),
         )
 
     async def run_node_activity(
@@ -304,9 +305,11 @@ class TokenStreamingInterceptor(Interceptor):
         custom_topic = stream.topic(CUSTOM_TOPIC)
 
         async def phase1_publish(events: list[dict[str, Any]]) -> None:
-            # one stream item (and at most one signal per batch interval) per batch
+            # one stream item and one signal per batch; the handler batches (every
+            # DEEPAGENT_PHASE1_BATCH_MS) while the previous signal is in flight
             if events:
-                tokens_topic.publish(list(events))
+                tokens_topic.publish(list(events), force_flush=True)
+                await stream.flush()
 
         summaries: list[dict[str, Any]] | None = None
         heartbeat = asyncio.create_task(_heartbeat_loop())
