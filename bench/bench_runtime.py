@@ -212,7 +212,7 @@ async def bench_workflow_streams_default(address: str, tokens: int = 1000, rate:
 
     queue = f"bench-ws-{uuid.uuid4().hex[:6]}"
     proc = await _spawn(
-        [sys.executable, str(Path(__file__).resolve()), "--plugin-worker", address, queue], {}
+        [sys.executable, str(HERE / "bench_runtime.py"), "--plugin-worker", address, queue], {}
     )
     try:
         client = await Client.connect(address)
