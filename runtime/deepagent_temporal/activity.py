@@ -169,7 +169,8 @@ def make_node_caller(
         kwargs.pop("runtime", None)  # rebuilt in the activity
         lg_config = get_langgraph_config()
         ns = lg_config.get("configurable", {}).get("checkpoint_ns", "") or ""
-        namespace = tuple(p.split(":")[0] for p in ns.split("|") if p)
+        # the path of the (sub)graph this node belongs to; LangGraph's convention
+        namespace = tuple(p for p in ns.split("|") if p)[:-1]
         opts = dict(options)
         opts.setdefault("summary", node_name)
         out: NodeActivityOutput = await workflow.execute_activity(

@@ -17,7 +17,9 @@ from langchain_core.messages import AIMessage
 pytestmark = pytest.mark.integration
 
 SHAPES = "deepagent_temporal.examples.shapes"
-GRAPHS = ",".join(f"{SHAPES}:{n}" for n in ("deep_agent", "fanout", "flaky_agent", "failing"))
+GRAPHS = ",".join(
+    f"{SHAPES}:{n}" for n in ("deep_agent", "fanout", "flaky_agent", "failing", "subagent_agent")
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ async def _collect(agent, inp, config):
     return [ev async for ev in agent.astream(inp, config, stream_mode="tokens")]
 
 
-def check_guarantees(events, final_messages):
+def check_guarantees(events, final_messages, nested=False):
     """seq strictly increasing; per message index 0..n-1; text == final content."""
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "seq not strictly increasing"
@@ -79,6 +81,8 @@ def check_guarantees(events, final_messages):
             continue
         if (e.get("task_id"), e["attempt"]) in resets:
             continue  # tokens of a failed attempt, dropped by the client on `reset`
+        if nested and e.get("namespace"):
+            continue  # a sub-agent's tokens: its messages are not in the parent state
         by_msg[e["message_id"]].append(e)
     ai = [m for m in final_messages if isinstance(m, AIMessage)]
     assert ai, "no AI messages in the final state"
@@ -148,6 +152,31 @@ async def test_failed_attempt_after_tokens_emits_reset(
     check_guarantees(events, state.values["messages"])
     final = [m for m in state.values["messages"] if isinstance(m, AIMessage)][-1]
     assert final.content == "This answer survives a failed first attempt of the activity."
+
+
+@pytest.mark.parametrize("transport", ["redis", "temporal"])
+async def test_nested_subagent_tokens_carry_namespace(
+    transport, temporal_client, redis_server, worker_redis, worker_p1
+):
+    worker = worker_redis if transport == "redis" else worker_p1
+    agent = _agent(
+        temporal_client,
+        worker,
+        "subagent_agent",
+        redis_server.url if transport == "redis" else None,
+    )
+    config = _config()
+    events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
+    state = await agent.get_state(config)
+    check_guarantees(events, state.values["messages"], nested=True)
+    nested = [e for e in events if e["type"] == "token" and e.get("namespace")]
+    assert nested and all(e["namespace"][0].startswith("tools:") for e in nested)
+    assert {e["node"] for e in nested} == {"model"}
+    assert [e["index"] for e in nested] == list(range(len(nested)))
+    tool_msg = next(m for m in state.values["messages"] if m.type == "tool")
+    assert "".join(e["token"] for e in nested) == tool_msg.content
+    top = [e for e in events if e["type"] == "token" and not e.get("namespace")]
+    assert top and {e["node"] for e in top} == {"model"}
 
 
 async def test_astream_ends_with_run_and_failed_run_raises(temporal_client, worker_p1):

@@ -201,3 +201,39 @@ def _failing_graph() -> Any:
 
 
 failing = _failing_graph()
+
+# ---------------------------------------------------------------- nested sub-agent
+
+#: the main agent delegates to a sub-agent (``task`` tool); both stream tokens
+subagent_agent = create_deep_agent(
+    model=ScriptedChatModel(
+        script=[
+            {
+                "content": "Delegating to the researcher.",
+                "tool_calls": [
+                    {
+                        "name": "task",
+                        "args": {
+                            "description": "Find the sum of 2 and 3.",
+                            "subagent_type": "researcher",
+                        },
+                        "id": "call_task_1",
+                    }
+                ],
+            },
+            "The researcher reports that the sum is 5.",
+        ],
+        token_delay=0.002,
+    ),
+    tools=[add],
+    subagents=[
+        {
+            "name": "researcher",
+            "description": "Researches a question and reports back.",
+            "system_prompt": "You research questions.",
+            "model": ScriptedChatModel(
+                script=["Research finding: 2 plus 3 equals 5."], token_delay=0.002
+            ),
+        }
+    ],
+)
