@@ -156,7 +156,7 @@ def _inline_async(path: Any) -> Any:
 def _temporal_retry(policy: Any) -> RetryPolicy | None:
     if policy is None:
         return None
-    if isinstance(policy, Sequence) and not isinstance(policy, (str, bytes)):
+    if isinstance(policy, Sequence) and not hasattr(policy, "max_attempts"):
         policy = policy[0] if policy else None
         if policy is None:
             return None

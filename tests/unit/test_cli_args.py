@@ -1,0 +1,87 @@
+"""CLI argument parsing: the env contract of ARCHITECTURE.md, flags override env."""
+
+from __future__ import annotations
+
+from deepagent_temporal.cli import build_parser, main
+
+
+def parse(monkeypatch, env, argv):
+    for key in list(__import__("os").environ):
+        if key.startswith(("TEMPORAL_", "DEEPAGENT_", "REDIS_")):
+            monkeypatch.delenv(key, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return build_parser().parse_args(argv)
+
+
+ENV = {
+    "DEEPAGENT_GRAPH": "pkg.mod:agent",
+    "TEMPORAL_ADDRESS": "temporal:7233",
+    "TEMPORAL_NAMESPACE": "agents",
+    "TEMPORAL_TASK_QUEUE": "coder",
+    "TEMPORAL_API_KEY": "k",
+    "TEMPORAL_TLS_CERT": "/c",
+    "TEMPORAL_TLS_KEY": "/k",
+    "TEMPORAL_TLS_CA": "/ca",
+    "DEEPAGENT_TOKEN_STREAMING": "false",
+    "REDIS_URL": "redis://:pw@redis:6379/0",
+    "DEEPAGENT_STREAM_MAXLEN": "500",
+    "DEEPAGENT_STREAM_TTL_SECONDS": "60",
+    "DEEPAGENT_HEALTH_PORT": "8080",
+}
+
+
+def test_worker_reads_env(monkeypatch):
+    a = parse(monkeypatch, ENV, ["worker"])
+    assert (a.graph, a.address, a.namespace, a.task_queue) == (
+        "pkg.mod:agent",
+        "temporal:7233",
+        "agents",
+        "coder",
+    )
+    assert (a.api_key, a.tls_cert, a.tls_key, a.tls_ca) == ("k", "/c", "/k", "/ca")
+    assert a.token_streaming is False
+    assert a.redis_url == "redis://:pw@redis:6379/0"
+    assert (a.stream_maxlen, a.stream_ttl_seconds, a.health_port) == (500, 60, 8080)
+
+
+def test_flags_override_env(monkeypatch):
+    a = parse(
+        monkeypatch,
+        ENV,
+        [
+            "worker",
+            "--graph",
+            "other:g",
+            "--address",
+            "x:1",
+            "--task-queue",
+            "q2",
+            "--token-streaming",
+            "--redis-url",
+            "redis://r:1",
+            "--health-port",
+            "9",
+        ],
+    )
+    assert (a.graph, a.address, a.task_queue, a.token_streaming) == ("other:g", "x:1", "q2", True)
+    assert (a.redis_url, a.health_port) == ("redis://r:1", 9)
+
+
+def test_defaults_without_env(monkeypatch):
+    a = parse(monkeypatch, {}, ["worker"])
+    assert a.address == "localhost:7233" and a.namespace == "default"
+    assert a.token_streaming is True and a.redis_url is None and a.health_port is None
+
+
+def test_run_command(monkeypatch):
+    a = parse(monkeypatch, {}, ["run", "--task-queue", "q", "--redis-url", "redis://r", "hello"])
+    assert (a.command, a.task_queue, a.redis_url, a.message) == ("run", "q", "redis://r", "hello")
+
+
+def test_usage_errors_exit_2(monkeypatch, capsys):
+    parse(monkeypatch, {}, ["worker"])
+    assert main(["worker"]) == 2
+    assert "TEMPORAL_TASK_QUEUE" in capsys.readouterr().err
+    assert main(["worker", "--task-queue", "q"]) == 2
+    assert "DEEPAGENT_GRAPH" in capsys.readouterr().err
