@@ -158,8 +158,9 @@ def _row(name: str, lat: list[float], tps: float | None, target: str, note: str)
     return Row(name, p50, p99, tokens_per_s=tps, note=note, target=target)
 
 
-async def bench_phase1(address: str, tokens: int = 1000, rate: float = RATE,
-                       throughput_tokens: int = 20000) -> Row:
+async def bench_phase1(
+    address: str, tokens: int = 1000, rate: float = RATE, throughput_tokens: int = 20000
+) -> Row:
     """(c) Phase 1 via Temporal (no Redis), worker in another process."""
     from deepagent_temporal import TemporalDeepAgent
     from temporalio.client import Client
@@ -199,13 +200,16 @@ async def bench_phase1(address: str, tokens: int = 1000, rate: float = RATE,
         await _stop(proc)
     return _row(
         f"(c) Phase 1 via Temporal, 1 stream x {rate:g} tok/s, emit -> other process",
-        lat, tps, "durable fallback",
+        lat,
+        tps,
+        "durable fallback",
         f"{len(lat):,} tokens; tokens/s from a {throughput_tokens:,}-token run",
     )
 
 
-async def bench_workflow_streams_default(address: str, tokens: int = 1000, rate: float = RATE,
-                                         throughput_tokens: int = 20000) -> Row:
+async def bench_workflow_streams_default(
+    address: str, tokens: int = 1000, rate: float = RATE, throughput_tokens: int = 20000
+) -> Row:
     """(d) Temporal Workflow Streams at the official plugin's defaults."""
     from temporalio.client import Client
     from temporalio.contrib.workflow_streams import WorkflowStreamClient
@@ -241,7 +245,9 @@ async def bench_workflow_streams_default(address: str, tokens: int = 1000, rate:
         await _stop(proc)
     return _row(
         f"(d) Temporal Workflow Streams at defaults (plugin streaming_topic), 1 x {rate:g} tok/s",
-        lat, tps, "baseline (Phase 2 should be >= 100x faster at p50)",
+        lat,
+        tps,
+        "baseline (Phase 2 should be >= 100x faster at p50)",
         "100 ms publish batches, 100 ms poll cooldown",
     )
 

@@ -307,7 +307,9 @@ def _failure_message(exc: BaseException) -> str:
     return ": ".join(p for p in parts if p)
 
 
-async def _graph_events(items: AsyncIterator[Any], modes: list[str]) -> AsyncIterator[tuple[str, Any]]:
+async def _graph_events(
+    items: AsyncIterator[Any], modes: list[str]
+) -> AsyncIterator[tuple[str, Any]]:
     """Graph-topic events of a run until it ends, pauses or fails."""
     async for item in items:
         data = item.data

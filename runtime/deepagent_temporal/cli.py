@@ -129,7 +129,9 @@ def _worker_parser(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=_env_bool(env("DEEPAGENT_TOKEN_STREAMING"), True),
     )
-    p.add_argument("--stream-maxlen", type=int, default=int(env("DEEPAGENT_STREAM_MAXLEN", "10000")))
+    p.add_argument(
+        "--stream-maxlen", type=int, default=int(env("DEEPAGENT_STREAM_MAXLEN", "10000"))
+    )
     p.add_argument(
         "--stream-ttl-seconds", type=int, default=int(env("DEEPAGENT_STREAM_TTL_SECONDS", "3600"))
     )
@@ -224,7 +226,9 @@ async def run_worker(args: argparse.Namespace) -> int:
         try:
             await health.start()
         except OSError as exc:
-            raise CliError(f"cannot serve health on port {args.health_port}: {exc}", EXIT_USAGE) from exc
+            raise CliError(
+                f"cannot serve health on port {args.health_port}: {exc}", EXIT_USAGE
+            ) from exc
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,7 +299,9 @@ async def run_worker(args: argparse.Namespace) -> int:
 def _run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="start a run and print its tokens live")
     _add_connection_args(p)
-    p.add_argument("--graph", default=None, help="graph name on the worker (default: its only graph)")
+    p.add_argument(
+        "--graph", default=None, help="graph name on the worker (default: its only graph)"
+    )
     p.add_argument("--thread-id", default=None)
     p.add_argument("message")
 

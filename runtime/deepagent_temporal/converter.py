@@ -100,7 +100,9 @@ class DeepAgentPayloadConverter(temporalio.converter.CompositePayloadConverter):
     """Default Temporal converters, with LangGraph encoding tried before JSON."""
 
     def __init__(self) -> None:
-        defaults = list(temporalio.converter.DefaultPayloadConverter.default_encoding_payload_converters)
+        defaults = list(
+            temporalio.converter.DefaultPayloadConverter.default_encoding_payload_converters
+        )
         json_index = next(
             i
             for i, c in enumerate(defaults)

@@ -124,9 +124,7 @@ def _is_native_async(fn: Any) -> bool:
     # LangGraph's fallback afunc for sync callables is partial(run_in_executor, ...),
     # which iscoroutinefunction() also accepts
     return (
-        fn is not None
-        and not isinstance(fn, functools.partial)
-        and inspect.iscoroutinefunction(fn)
+        fn is not None and not isinstance(fn, functools.partial) and inspect.iscoroutinefunction(fn)
     )
 
 
@@ -225,8 +223,12 @@ class DeepAgentPlugin(LangGraphPlugin):
             builders[name] = prepare_builder(compiled)
             GRAPH_OPTIONS[name] = {
                 "canonical": name,
-                "interrupt_before": _interrupt_nodes(getattr(compiled, "interrupt_before_nodes", None)),
-                "interrupt_after": _interrupt_nodes(getattr(compiled, "interrupt_after_nodes", None)),
+                "interrupt_before": _interrupt_nodes(
+                    getattr(compiled, "interrupt_before_nodes", None)
+                ),
+                "interrupt_after": _interrupt_nodes(
+                    getattr(compiled, "interrupt_after_nodes", None)
+                ),
                 "name": getattr(compiled, "name", None),
                 "config": _serializable_config(getattr(compiled, "config", None)),
             }

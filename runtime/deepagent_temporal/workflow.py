@@ -70,9 +70,7 @@ def _pick_graph_name(requested: str | None) -> str:
     if requested:
         # let the plugin raise its KeyError listing the available graphs
         return requested
-    raise ValueError(
-        f"this worker hosts several graphs {sorted(canonical)}; the run must name one"
-    )
+    raise ValueError(f"this worker hosts several graphs {sorted(canonical)}; the run must name one")
 
 
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
@@ -211,8 +209,10 @@ class DeepAgentWorkflow:
         self._waiters += 1
         try:
             await workflow.wait_condition(
-                lambda: self._state.status in ("completed", "failed")
-                or (self._state.status == "interrupted" and self._pause_count > after_pauses)
+                lambda: (
+                    self._state.status in ("completed", "failed")
+                    or (self._state.status == "interrupted" and self._pause_count > after_pauses)
+                )
             )
         finally:
             self._waiters -= 1

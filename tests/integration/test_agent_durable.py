@@ -75,7 +75,8 @@ async def test_shapes_match_plain_langgraph(temporal_client, worker):
 async def test_shapes_stream_values_updates_custom(temporal_client, worker):
     agent = _agent(temporal_client, worker, "shapes")
     local = [
-        c async for c in shapes.shapes.astream({"n": 0}, stream_mode=["values", "updates", "custom"])
+        c
+        async for c in shapes.shapes.astream({"n": 0}, stream_mode=["values", "updates", "custom"])
     ]
     remote = [
         c
@@ -118,9 +119,7 @@ async def test_interrupt_resume_via_astream_command(temporal_client, worker):
         )
     ]
     assert "__interrupt__" in first[-1]
-    second = [
-        c async for c in agent.astream(Command(resume="no"), config, stream_mode="updates")
-    ]
+    second = [c async for c in agent.astream(Command(resume="no"), config, stream_mode="updates")]
     assert second[-1] == {"finish": {"messages": [second[-1]["finish"]["messages"][0]]}}
     assert second[-1]["finish"]["messages"][0].content == "Decision: no"
 

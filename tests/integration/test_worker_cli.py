@@ -79,8 +79,14 @@ def test_unreachable_temporal_fails_fast():
 
 
 def test_missing_graph_or_queue_is_a_usage_error(temporal_server):
-    proc = _run([*_cli(), "worker"], env={"TEMPORAL_ADDRESS": temporal_server.address,
-                                          "DEEPAGENT_GRAPH": "", "TEMPORAL_TASK_QUEUE": "q"})
+    proc = _run(
+        [*_cli(), "worker"],
+        env={
+            "TEMPORAL_ADDRESS": temporal_server.address,
+            "DEEPAGENT_GRAPH": "",
+            "TEMPORAL_TASK_QUEUE": "q",
+        },
+    )
     assert proc.returncode == 2 and "DEEPAGENT_GRAPH" in proc.stderr
 
 
@@ -105,9 +111,7 @@ def example_worker(temporal_server, redis_server, tmp_path_factory):
     w.stop()
 
 
-def test_run_prints_tokens_live_and_health_endpoints(
-    temporal_server, redis_server, example_worker
-):
+def test_run_prints_tokens_live_and_health_endpoints(temporal_server, redis_server, example_worker):
     proc = _run(
         [
             *_cli(),
@@ -142,7 +146,15 @@ def test_run_exits_non_zero_when_the_run_fails(temporal_server, tmp_path):
         FAILING, temporal_server.address, f"cli-fail-{uuid.uuid4().hex[:6]}", log_dir=tmp_path
     ) as w:
         proc = _run(
-            [*_cli(), "run", "--task-queue", w.task_queue, "--address", temporal_server.address, "x"],
+            [
+                *_cli(),
+                "run",
+                "--task-queue",
+                w.task_queue,
+                "--address",
+                temporal_server.address,
+                "x",
+            ],
             env={},
         )
     assert proc.returncode == 1

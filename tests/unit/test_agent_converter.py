@@ -58,7 +58,11 @@ def test_wire_dataclasses_round_trip():
     )
     _, back = roundtrip(inp)
     assert list(back.args) == list(inp.args) and tuple(back.namespace) == inp.namespace
-    assert (back.kwargs, back.langgraph_config, back.node) == (inp.kwargs, {"configurable": {}}, "model")
+    assert (back.kwargs, back.langgraph_config, back.node) == (
+        inp.kwargs,
+        {"configurable": {}},
+        "model",
+    )
     out = NodeActivityOutput(result=[Command(goto="x")], token_summary=[{"token_count": 3}])
     _, back = roundtrip(out)
     assert back.result[0].goto == "x" and back.token_summary == [{"token_count": 3}]
@@ -72,7 +76,9 @@ def test_plain_json_and_temporal_types_keep_the_default_encoding():
         payload, back = roundtrip(value)
         assert payload.metadata["encoding"].decode() != ENCODING
         assert back == value
-    signal = PublishInput(items=[PublishEntry(topic="t", data="eA==")], publisher_id="p", sequence=1)
+    signal = PublishInput(
+        items=[PublishEntry(topic="t", data="eA==")], publisher_id="p", sequence=1
+    )
     assert not needs_langgraph_encoding(signal)
     payload, _ = roundtrip(signal)
     assert payload.metadata["encoding"].decode() == "json/plain"

@@ -26,7 +26,11 @@ SCRIPT: list[Any] = [
     {
         "content": "Let me search for background on durable execution first.",
         "tool_calls": [
-            {"name": "search", "args": {"query": "durable execution LLM agents"}, "id": "call_search_1"}
+            {
+                "name": "search",
+                "args": {"query": "durable execution LLM agents"},
+                "id": "call_search_1",
+            }
         ],
     },
     (
@@ -65,7 +69,11 @@ def make_model(token_delay: float | None = None) -> Any:
             return ChatOpenAI(model=name or "gpt-4o-mini", streaming=True)
     except ImportError:
         pass
-    delay = float(os.environ.get("DEEPAGENT_SCRIPTED_TOKEN_DELAY", "0.02")) if token_delay is None else token_delay
+    delay = (
+        float(os.environ.get("DEEPAGENT_SCRIPTED_TOKEN_DELAY", "0.02"))
+        if token_delay is None
+        else token_delay
+    )
     return ScriptedChatModel(script=SCRIPT, token_delay=delay)
 
 

@@ -75,8 +75,8 @@ class FanState(TypedDict):
 
 
 _writer_model = ScriptedChatModel(
-    responder=lambda msgs: f"Notes about {msgs[-1].content}: " + " ".join(
-        f"{msgs[-1].content}-{i}" for i in range(40)
+    responder=lambda msgs: (
+        f"Notes about {msgs[-1].content}: " + " ".join(f"{msgs[-1].content}-{i}" for i in range(40))
     ),
     token_delay=0.004,
 )
