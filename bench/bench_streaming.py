@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -258,6 +259,7 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
             on_token=lambda tok, ts: emitted.append(ts),
         )
         h = TokenCapturingHandler(workflow_id=wf, run_id=run, node="model", redis=backend)
+        await asyncio.sleep(random.random() / rate)  # streams are not phase-aligned
         await model.ainvoke("go", config={"callbacks": [h]})
         await h.flush()
         await backend.publish_complete(wf, run)
@@ -269,18 +271,23 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
 
 
 async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1000,
-                               rate: float = RATE) -> Row:
-    """Model emit in a worker process -> Redis -> ``subscribe`` in this process."""
+                               rate: float = RATE, emitters: int = 1) -> Row:
+    """Model emit in worker process(es) -> Redis -> one subscriber in this process.
+
+    ``emitters``: number of worker processes the streams are spread over (round robin).
+    """
     from deepagent_temporal.streaming import RedisStreamBackend
 
     wf = f"bench-{uuid.uuid4().hex[:8]}"
     runs = [uuid.uuid4().hex for _ in range(streams)]
-    spec = json.dumps({"redis_url": redis_url, "wf": wf, "runs": runs, "tokens": tokens, "rate": rate})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, _THIS_FILE, "--emitter", spec,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
+    procs = []
+    for k in range(emitters):
+        mine = runs[k::emitters]
+        spec = json.dumps({"redis_url": redis_url, "wf": wf, "runs": mine, "tokens": tokens, "rate": rate})
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, _THIS_FILE, "--emitter", spec,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27,
+        ))
     sub = RedisStreamBackend(redis_url)
     received: dict[str, list[float]] = {r: [] for r in runs}
 
@@ -290,23 +297,30 @@ async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1
             if ev.get("type") == "token":
                 received[run].append(time.time())
 
-    tasks = [asyncio.create_task(consume())]
+    task = asyncio.create_task(consume())
+    emitted: dict[str, list[float]] = {}
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert line.strip() == b"READY", line
-        await asyncio.sleep(0.3)  # subscribers are blocked in XREAD
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line.strip() == b"READY", line
+        await asyncio.sleep(0.3)  # the subscriber is blocked in XREAD
         t0 = time.perf_counter()
-        proc.stdin.write(b"GO\n")
-        await proc.stdin.drain()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=tokens / rate * 3 + 60)
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"GO\n")
+            await proc.stdin.drain()
+        await asyncio.wait_for(task, timeout=tokens / rate * 3 + 60)
         elapsed = time.perf_counter() - t0
-        emitted = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-        await proc.wait()
+        for proc in procs:
+            assert proc.stdout is not None
+            emitted.update(json.loads(await asyncio.wait_for(proc.stdout.readline(), 60)))
+            await proc.wait()
     finally:
-        for t in tasks:
-            t.cancel()
-        if proc.returncode is None:
-            proc.kill()
+        task.cancel()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
     lat = []
     for r in runs:
         e, rcv = emitted[r], received[r]
@@ -314,8 +328,9 @@ async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1
         lat.extend(b - a for a, b in zip(e, rcv, strict=True))
     p50, p99 = percentiles(lat)
     target = "p50 <= 1 ms, p99 <= 5 ms" if streams == 1 else "p99 <= 20 ms"
+    where = "1 worker process" if emitters == 1 else f"{emitters} worker processes"
     return Row(
-        f"(b) Phase 2 via Redis, {streams} stream(s) x {rate:g} tok/s, emit -> other process",
+        f"(b) Phase 2 via Redis, {streams} stream(s) x {rate:g} tok/s, {where} -> subscriber process",
         p50, p99, tokens_per_s=tokens * streams / elapsed,
         note=f"{len(lat):,} tokens", target=target,
     )

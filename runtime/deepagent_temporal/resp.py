@@ -84,14 +84,22 @@ class RespConnection:
             raise
         return conn
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send all commands in one write; return their replies (raise the first error)."""
+    def send(self, commands: list[tuple[Any, ...]]) -> None:
+        """Write commands (one pipelined write, non-blocking); read with ``read_replies``."""
         self.writer.write(pack_commands(commands))
-        replies = [await self.read_reply() for _ in commands]
+
+    async def read_replies(self, n: int) -> list[Any]:
+        """Read n replies; raise the first error reply after reading them all."""
+        replies = [await self.read_reply() for _ in range(n)]
         for r in replies:
             if isinstance(r, RespError):
                 raise r
         return replies
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send all commands in one write; return their replies (raise the first error)."""
+        self.send(commands)
+        return await self.read_replies(len(commands))
 
     async def command(self, *args: Any) -> Any:
         return (await self.pipeline([args]))[0]

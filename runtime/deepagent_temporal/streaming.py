@@ -688,6 +688,16 @@ class _WriteItem:
     call: Any  # _Call, or an asyncio.Future for direct publishes
 
 
+@dataclass(slots=True)
+class _Inflight:
+    items: list[_WriteItem]
+    n_replies: int
+    expire_keys: list[str]
+    started: float  # monotonic
+    t0: float  # perf_counter
+    conn: RespConnection
+
+
 class RedisUnavailable(ConnectionError):
     """Redis could not be written (circuit open, timeout or connection error)."""
 
@@ -735,6 +745,8 @@ class RedisStreamBackend:
         self._expired: dict[str, float] = {}  # key -> monotonic time of the last EXPIRE
         self.expire_refresh_seconds = min(1.0, ttl_seconds / 10)
         self._queue: list[_WriteItem] = []
+        self._inflight: _Inflight | None = None
+        self._writer_idle = False
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._probe: asyncio.Task | None = None
@@ -785,6 +797,8 @@ class RedisStreamBackend:
         if self._loop is not loop:
             # first use, or a new event loop (tests): fresh connection and writer
             self._conn = None
+            self._inflight = None
+            self._writer_idle = False
             self._loop = loop
             self._wakeup = asyncio.Event()
             self._writer = None
@@ -867,6 +881,19 @@ class RedisStreamBackend:
         self._queue.append(
             _WriteItem(self.stream_key(workflow_id, run_id), data, event.get("type") == "token", owner, call)
         )
+        conn = self._conn
+        if (
+            self._writer_idle
+            and self._inflight is None
+            and conn is not None
+            and not conn.closed
+            and self.circuit.state == "closed"
+        ):
+            items, self._queue = self._queue, []
+            try:
+                self._send(conn, items)  # straight to the socket: no wait for the writer task
+            except Exception:  # noqa: BLE001 - the writer retries them
+                self._queue = items + self._queue
         assert self._wakeup is not None
         self._wakeup.set()
 
@@ -914,24 +941,46 @@ class RedisStreamBackend:
         return ok
 
     async def _write_loop(self) -> None:
+        """Single writer: one pipeline in flight; what queues meanwhile rides the next one.
+
+        When the writer is idle and connected, ``enqueue`` sends the pipeline itself
+        (``_send``: a non-blocking socket write, no task switch), and this loop only
+        reads the replies.
+        """
         assert self._wakeup is not None
         wakeup = self._wakeup
         if self.circuit.allow():
             with contextlib.suppress(Exception):  # connect early; a failure counts on write
                 await self._writer_conn()
         while True:
-            if not self._queue:
+            if self._inflight is None and not self._queue:
                 wakeup.clear()
-                await wakeup.wait()
-            items, self._queue = self._queue, []
-            if not items:
-                continue
-            if not self.circuit.allow():
-                self._settle(items, ok=False)
-                continue
-            await self._write(items)
+                self._writer_idle = True
+                try:
+                    await wakeup.wait()
+                finally:
+                    self._writer_idle = False
+            if self._inflight is None:
+                items, self._queue = self._queue, []
+                if not items:
+                    continue
+                if not self.circuit.allow():
+                    self._settle(items, ok=False)
+                    continue
+                try:
+                    conn = self._conn
+                    if conn is None or conn.closed:
+                        conn = await self._writer_conn()
+                    self._send(conn, items)
+                except asyncio.CancelledError:
+                    self._settle(items, ok=False)
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    self._write_failed(items, exc)
+                    continue
+            await self._complete_inflight()
 
-    async def _write(self, items: list[_WriteItem]) -> None:
+    def _send(self, conn: RespConnection, items: list[_WriteItem]) -> None:
         by_key: dict[str, list[bytes]] = {}
         for it in items:
             by_key.setdefault(it.key, []).append(it.data)
@@ -951,35 +1000,45 @@ class RedisStreamBackend:
             if last is None or now - last >= self.expire_refresh_seconds:
                 commands.append((b"EXPIRE", key, self.ttl_seconds))
                 expire_keys.append(key)
-        t0 = time.perf_counter()
+        conn.send(commands)
+        self._inflight = _Inflight(items, len(commands), expire_keys, now, time.perf_counter(), conn)
+
+    async def _complete_inflight(self) -> None:
+        inf = self._inflight
+        assert inf is not None
         try:
-            conn = await self._writer_conn()
-            await _io_with_timeout(conn.pipeline(commands), self.op_timeout)
+            await _io_with_timeout(inf.conn.read_replies(inf.n_replies), self.op_timeout)
         except asyncio.CancelledError:
+            self._inflight = None
             self._drop_conn()
-            self._settle(items, ok=False)
+            self._settle(inf.items, ok=False)
             raise
         except Exception as exc:  # noqa: BLE001
-            metrics.REDIS_ERRORS.labels(op="xadd").inc()
-            if self.circuit.state == "closed":
-                logger.warning("Redis stream write failed (%r): circuit opens", exc)
-            self._drop_conn()
-            self.circuit.record_failure()
-            self._settle(items, ok=False)
-            self._ensure_prober()
+            self._inflight = None
+            self._write_failed(inf.items, exc)
             return
-        for key in expire_keys:
-            self._expired[key] = now
+        self._inflight = None
+        for key in inf.expire_keys:
+            self._expired[key] = inf.started
         if len(self._expired) > 10000:
             self._expired.clear()
-        metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - t0)
-        metrics.REDIS_PIPELINE_EVENTS.observe(len(items))
+        metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - inf.t0)
+        metrics.REDIS_PIPELINE_EVENTS.observe(len(inf.items))
         self.writes += 1
-        self.events_written += len(items)
-        n_tokens = sum(1 for it in items if it.is_token)
+        self.events_written += len(inf.items)
+        n_tokens = sum(1 for it in inf.items if it.is_token)
         if n_tokens:
             _TOKENS_REDIS.inc(n_tokens)
-        self._settle(items, ok=True)
+        self._settle(inf.items, ok=True)
+
+    def _write_failed(self, items: list[_WriteItem], exc: BaseException) -> None:
+        metrics.REDIS_ERRORS.labels(op="xadd").inc()
+        if self.circuit.state == "closed":
+            logger.warning("Redis stream write failed (%r): circuit opens", exc)
+        self._drop_conn()
+        self.circuit.record_failure()
+        self._settle(items, ok=False)
+        self._ensure_prober()
 
     def _settle(self, items: list[_WriteItem], ok: bool) -> None:
         # group consecutive items of one owner/call: one callback per group
