@@ -458,8 +458,13 @@ class Reconciler:
                 f"phase {old.get('phase') or '-'} -> {new['phase']}: {ready.get('message', '')}",
             )
 
-    def refresh_status(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """Recompute the status from the children after one of them changed."""
+    def refresh_status(
+        self, namespace: str, name: str, child: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Recompute the status from the children after one of them changed.
+
+        ``child`` is the Deployment or StatefulSet from the watch event (saves a GET).
+        """
         with self._lock(namespace, name):
             body = self.kube.get("DeepAgent", namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -472,8 +477,8 @@ class Reconciler:
                 body,
                 spec,
                 error=None,
-                deployment=None,
-                statefulset=None,
+                deployment=child if child and child.get("kind") == "Deployment" else None,
+                statefulset=child if child and child.get("kind") == "StatefulSet" else None,
                 fetch=True,
                 keep_spec_condition=True,
             )
@@ -515,7 +520,7 @@ class Reconciler:
                 return "reconciled"
             if gen is not None:
                 self.generations[key] = gen
-            self.refresh_status(ns, agent)
+            self.refresh_status(ns, agent, {"kind": kind, **child})
             return "status"
         if kind in ("Service", "NetworkPolicy", "Secret"):
             self.metrics.inc("drift_checks_total")
