@@ -380,7 +380,11 @@ def test_operator_works_with_the_charts_rbac(k8s_cluster, namespaced_release, tm
     }
     k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(agent))
     with OperatorProcess(
-        kubeconfig, [watched], default_image="example/runtime:1", resync_seconds=2
+        kubeconfig,
+        [watched],
+        default_image="example/runtime:1",
+        resync_seconds=2,
+        log_dir=str(tmp_path),
     ) as op:
         deadline = time.monotonic() + 60
         phase = None

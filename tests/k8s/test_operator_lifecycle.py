@@ -55,9 +55,14 @@ def ns(k8s_cluster, kube):
 
 
 @pytest.fixture(scope="module")
-def operator(k8s_cluster, ns, request):
+def operator(k8s_cluster, ns, request, tmp_path_factory):
     # No default image and no default Temporal address: the semantic-error tests rely on it.
-    op = OperatorProcess(k8s_cluster.kubeconfig, [ns], resync_seconds=RESYNC)
+    op = OperatorProcess(
+        k8s_cluster.kubeconfig,
+        [ns],
+        resync_seconds=RESYNC,
+        log_dir=str(tmp_path_factory.mktemp("operator-logs")),
+    )
     op.start()
     yield op
     op.stop()
