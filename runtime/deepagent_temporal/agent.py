@@ -16,7 +16,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
 from deepagent_temporal.converter import with_data_converter
@@ -28,6 +28,10 @@ ALL_MODES = (*GRAPH_MODES, "tokens")
 
 class RunFailedError(RuntimeError):
     """The run failed; raised by ``astream`` / ``ainvoke`` in the client process."""
+
+
+class ThreadBusyError(RuntimeError):
+    """A new run was started on a thread whose previous run is still open."""
 
 
 def _serializable_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -117,12 +121,15 @@ class TemporalDeepAgent:
         **start_kwargs: Any,
     ) -> WorkflowHandle:
         """Start a run; returns its workflow handle (the workflow id is the thread id)."""
-        wid = self.workflow_id_for(config) or f"deepagent-{uuid.uuid4().hex}"
+        wid = self.workflow_id_for(config)
+        prior = await self._prior_values(wid) if wid else None
+        wid = wid or f"deepagent-{uuid.uuid4().hex}"
         request = RunRequest(
             graph=self.graph_name,
             input=input,
             config=_serializable_config(config),
             stream_modes=list(stream_modes or []),
+            prior_values=prior,
         )
         return await self.client.start_workflow(
             WORKFLOW_NAME,
@@ -131,6 +138,32 @@ class TemporalDeepAgent:
             task_queue=self.task_queue,
             **start_kwargs,
         )
+
+    async def _prior_values(self, workflow_id: str) -> Any:
+        """Final values of the thread's last run (None for a new thread).
+
+        Raises if a run is still open on the thread (resume it, or wait for it).
+        """
+        handle = self.client.get_workflow_handle(workflow_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        status = desc.status.name if desc.status is not None else "RUNNING"
+        if status == "RUNNING":
+            raise ThreadBusyError(
+                f"thread {workflow_id!r} has a run in progress; resume it "
+                "(Command(resume=...)) or wait for it to finish"
+            )
+        if status == "COMPLETED":
+            return await handle.result()
+        try:  # failed / terminated / ...: continue from its last state
+            state: RunState = await handle.query("get_state", result_type=RunState)
+            return state.values
+        except Exception:  # noqa: BLE001 - no state to continue from
+            return None
 
     async def _wait(self, handle: WorkflowHandle, after_pauses: int) -> RunState | None:
         try:

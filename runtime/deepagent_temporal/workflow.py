@@ -47,6 +47,8 @@ class RunRequest:
     input: Any
     config: dict[str, Any] = field(default_factory=dict)
     stream_modes: list[str] = field(default_factory=lambda: ["values", "updates"])
+    #: final values of the thread's previous run: a new run on a thread continues it
+    prior_values: Any = None
 
 
 @dataclass
@@ -114,6 +116,10 @@ class DeepAgentWorkflow:
         modes = ["values", *sorted(publish_modes - {"values"})]
         inp = request.input
         try:
+            if request.prior_values:
+                # a thread's next run starts from where its previous run ended, as with
+                # a persistent LangGraph checkpointer
+                await compiled.aupdate_state(config, request.prior_values, as_node="__start__")
             while True:
                 async for mode, chunk in compiled.astream(inp, config, stream_mode=modes):
                     if mode == "values":

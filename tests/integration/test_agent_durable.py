@@ -14,6 +14,7 @@ from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
 from deepagent_temporal.examples import shapes
 from deepagent_temporal.workerproc import WorkerProcess
 from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 pytestmark = pytest.mark.integration
@@ -164,3 +165,21 @@ async def test_phase2_history_is_a_summary_per_llm_call(
     # no token text in history: the tokens alone would be more than the overhead
     assert on - off < text_bytes * 4
     assert len(hist_on.events) - len(hist_off.events) <= 2
+
+
+async def test_thread_continues_across_runs(temporal_client, worker):
+    """A second run on the same thread sees the first run's messages (like a checkpointer)."""
+    local = shapes.deep_agent.builder.compile(checkpointer=InMemorySaver())
+    lc = {"configurable": {"thread_id": "local"}}
+    await local.ainvoke({"messages": [{"role": "user", "content": "2+3?"}]}, lc)
+    expected = await local.ainvoke({"messages": [{"role": "user", "content": "again"}]}, lc)
+
+    agent = _agent(temporal_client, worker, "deep_agent")
+    config = _config()
+    first = await agent.ainvoke({"messages": [{"role": "user", "content": "2+3?"}]}, config)
+    assert len(first["messages"]) == 4
+    second = await agent.ainvoke({"messages": [{"role": "user", "content": "again"}]}, config)
+    assert [(type(m).__name__, m.content) for m in second["messages"]] == [
+        (type(m).__name__, m.content) for m in expected["messages"]
+    ]
+    assert second["messages"][:4] == first["messages"]
