@@ -23,7 +23,7 @@ from deepagent_temporal.converter import with_data_converter
 from deepagent_temporal.workflow import WORKFLOW_NAME, RunRequest, RunState
 
 GRAPH_MODES = ("values", "updates", "custom")
-ALL_MODES = (*GRAPH_MODES, "tokens")
+ALL_MODES = (*GRAPH_MODES, "tokens", "messages")
 
 
 class RunFailedError(RuntimeError):
@@ -225,7 +225,10 @@ class TemporalDeepAgent:
         stream_mode: str | list[str] = "values",
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        """Stream a run: ``values``, ``updates``, ``custom`` or ``tokens`` (or a list).
+        """Stream a run: ``values``, ``updates``, ``custom``, ``tokens`` or ``messages``.
+
+        ``messages`` yields LangGraph-style ``(AIMessageChunk, metadata)`` tuples built from
+        the token events (no ``reset``; prefer ``tokens`` when retries matter).
 
         Ends when the run ends (or pauses at an interrupt); raises
         :class:`RunFailedError` when the run fails. With a list of modes, yields
@@ -264,7 +267,7 @@ class TemporalDeepAgent:
             topics.append(GRAPH_TOPIC)
         if "custom" in modes:
             topics.append(CUSTOM_TOPIC)
-        want_tokens = "tokens" in modes
+        want_tokens = "tokens" in modes or "messages" in modes
         if want_tokens:
             topics.append(TOKENS_TOPIC)
         temporal_items = self._subscribe(handle, topics, from_offset)
@@ -280,9 +283,15 @@ class TemporalDeepAgent:
             workflow_id=handle.id,
             run_id=run_id,
             redis_backend=self.redis_stream_backend,
-            graph_modes=[m for m in modes if m != "tokens"],
+            graph_modes=[m for m in modes if m not in ("tokens", "messages")],
         ):
-            yield kind, chunk
+            if kind != "tokens":
+                yield kind, chunk
+                continue
+            if "tokens" in modes:
+                yield kind, chunk
+            if "messages" in modes and chunk.get("type") == "token":
+                yield "messages", _message_chunk(chunk)
         await self._raise_if_failed(handle)
 
     async def _subscribe(
@@ -329,6 +338,27 @@ class TemporalDeepAgent:
         except Exception as exc:
             raise RunFailedError(_failure_message(exc)) from exc
         raise RunFailedError(f"run {handle.id} ended with status {status}")
+
+
+def _message_chunk(ev: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A token event as LangGraph's ``messages`` mode shapes it: (chunk, metadata)."""
+    from langchain_core.messages import AIMessageChunk
+
+    chunk = AIMessageChunk(
+        content=ev.get("token") or "",
+        id=ev.get("message_id"),
+        tool_call_chunks=ev.get("tool_call_chunks") or [],
+    )
+    namespace = list(ev.get("namespace") or [])
+    metadata = {
+        "langgraph_node": ev.get("node"),
+        "langgraph_checkpoint_ns": "|".join(namespace),
+        "llm_call": ev.get("llm_call"),
+        "attempt": ev.get("attempt"),
+        "seq": ev.get("seq"),
+        "source": ev.get("source"),
+    }
+    return chunk, metadata
 
 
 def _failure_message(exc: BaseException) -> str:

@@ -134,6 +134,28 @@ async def test_send_fanout_streams_both_branches_interleaved(
     assert switches >= 3, f"branches were not interleaved ({switches} switches)"
 
 
+async def test_messages_mode_and_mixed_modes(temporal_client, redis_server, worker_redis):
+    agent = _agent(temporal_client, worker_redis, "deep_agent", redis_server.url)
+    config = _config()
+    items = [
+        item
+        async for item in agent.astream(
+            {"messages": [{"role": "user", "content": "2+3?"}]},
+            config,
+            stream_mode=["messages", "values", "tokens"],
+        )
+    ]
+    modes = {m for m, _ in items}
+    assert modes == {"messages", "values", "tokens"}
+    final = [c for m, c in items if m == "values"][-1]
+    chunks = [c for m, c in items if m == "messages"]
+    for msg in (m for m in final["messages"] if isinstance(m, AIMessage)):
+        text = "".join(ch.content for ch, meta in chunks if ch.id == msg.id)
+        assert text == msg.content
+    assert all(meta["langgraph_node"] == "model" for _, meta in chunks)
+    check_guarantees([c for m, c in items if m == "tokens"], final["messages"])
+
+
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
 async def test_failed_attempt_after_tokens_emits_reset(
     transport, temporal_client, redis_server, worker_redis, worker_p1
