@@ -769,6 +769,19 @@ class RedisStreamBackend:
             **kwargs,
         )
 
+    def status(self) -> dict[str, Any]:
+        """For /readyz and logs: circuit state and counters (no I/O)."""
+        c = self.circuit
+        return {
+            "redis": "up" if c.state == "closed" else ("probing" if c.state == "half_open" else "down"),
+            "circuit": c.state,
+            "failures": c.failures,
+            "failovers_generation": c.generation,
+            "pipelines": self.writes,
+            "events_written": self.events_written,
+            "queued": len(self._queue),
+        }
+
     def stream_key(self, workflow_id: str, run_id: str) -> str:
         return f"{self.key_prefix}:{workflow_id}:{run_id}"
 

@@ -287,3 +287,30 @@ async def test_inside_langgraph_sync_async_nodes_and_subgraph_namespace():
     assert sub_tok["namespace"][0].startswith("a:")
     assert tokens_of(got, 1)[0]["namespace"] == []
     assert tokens_of(got, 1)[0]["node"] == "a" and tokens_of(got, 2)[0]["node"] == "s"
+
+
+def test_handler_is_not_a_v2_streaming_handler():
+    from langchain_core.tracers._streaming import _V2StreamingCallbackHandler
+
+    assert not isinstance(TokenCapturingHandler(node="n"), _V2StreamingCallbackHandler)
+
+
+async def test_nostream_tagged_calls_are_captured_and_flagged():
+    """SummarizationMiddleware tags its summary call `nostream`: captured, but marked."""
+    h, got = make_handler()
+    model = ScriptedChatModel(script=["summary text", "answer"], mode="sequential")
+    await model.ainvoke("q", config={"callbacks": [h], "tags": ["nostream"]})
+    await model.ainvoke("q", config={"callbacks": [h]})
+    await h.flush()
+    assert all(e.get("nostream") for e in got if e["llm_call"] == 0)
+    assert not any(e.get("nostream") for e in got if e["llm_call"] == 1)
+    assert "".join(e["token"] for e in tokens_of(got, 0)) == "summary text"
+
+
+def test_backend_status_without_io():
+    from deepagent_temporal.streaming import RedisStreamBackend
+
+    b = RedisStreamBackend("redis://127.0.0.1:1")
+    assert b.status()["redis"] == "up"
+    b.circuit.record_failure()
+    assert b.status()["redis"] == "down" and b.status()["failures"] == 1
