@@ -178,6 +178,7 @@ class _Call:
     pending: int = 0  # events enqueued to Redis and not yet acknowledged
     failed_over: bool = False
     ended: bool = False
+    error: str | None = None
 
 
 @dataclass
@@ -244,7 +245,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         self._calls: dict[UUID, _Call] = {}
         self._all_calls: list[_Call] = []
         self._calls_lock = threading.Lock()
-        self._summaries: list[dict[str, Any]] = []
+        self._ended: list[_Call] = []  # in end order; summaries are built from them
+        self._counted = 0  # ended calls already counted in metrics
         self._redis_pending = 0
         self._redis_idle = asyncio.Event() if loop is not None else None
         if self._redis_idle is not None:
@@ -467,23 +469,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
             self._p1_add([ev])
         if end:
             call.ended = True
-            transport = TEMPORAL if (call.route == TEMPORAL or call.failed_over) else REDIS
-            metrics.LLM_CALLS.labels(transport=transport).inc()
-            summary = {
-                "token_count": call.index,
-                "llm_call": call.llm_call,
-                "message_id": call.message_id,
-                "transport": transport,
-                "node": call.node,
-                "attempt": self.attempt,
-            }
-            if call.failed_over:
-                summary["failover"] = True
-            if call.namespace:
-                summary["namespace"] = call.namespace
-            if ev.get("error"):
-                summary["error"] = ev["error"][:200]
-            self._summaries.append(summary)
+            call.error = ev.get("error")
+            self._ended.append(call)
 
     def _redis_available(self) -> bool:
         return self.redis is not None and self.redis.available()
@@ -619,18 +606,44 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         if self.phase1_publish is None:
             _count_tokens(_TOKENS_TEMPORAL, self.phase1_events[self._p1_counted :])
             self._p1_counted = len(self.phase1_events)
-        return list(self._summaries)
+        for call in self._ended[self._counted :]:
+            metrics.LLM_CALLS.labels(transport=self._transport_of(call)).inc()
+        self._counted = len(self._ended)
+        return self.summaries
+
+    @staticmethod
+    def _transport_of(call: _Call) -> str:
+        return TEMPORAL if (call.route == TEMPORAL or call.failed_over) else REDIS
 
     @property
     def summaries(self) -> list[dict[str, Any]]:
-        return list(self._summaries)
+        """One small dict per ended LLM call (what Event History keeps)."""
+        out = []
+        for call in self._ended:
+            summary: dict[str, Any] = {
+                "token_count": call.index,
+                "llm_call": call.llm_call,
+                "message_id": call.message_id,
+                "transport": self._transport_of(call),
+                "node": call.node,
+                "attempt": self.attempt,
+            }
+            if call.failed_over:
+                summary["failover"] = True
+            if call.namespace:
+                summary["namespace"] = call.namespace
+            if call.error:
+                summary["error"] = call.error[:200]
+            out.append(summary)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Compact activity-level summary for Event History."""
-        transports = {s["transport"] for s in self._summaries}
+        summaries = self.summaries
+        transports = {s["transport"] for s in summaries}
         return {
-            "llm_calls": list(self._summaries),
-            "token_count": sum(s["token_count"] for s in self._summaries),
+            "llm_calls": summaries,
+            "token_count": sum(s["token_count"] for s in summaries),
             "transport": transports.pop() if len(transports) == 1 else ("mixed" if transports else None),
         }
 

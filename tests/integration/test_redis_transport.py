@@ -393,3 +393,81 @@ async def test_retry_attempt_reset_travels_through_redis(backend):
     assert "".join(e["token"] for e in before if e["type"] == "token") == "one two"
 
 
+
+
+async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_up, backend):
+    """Kill + immediate restart (empty Redis): the call fails over, later calls use Redis."""
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    emitted = [0]
+
+    def on_token(tok: str, ts: float) -> None:
+        if emitted[0] == 5:
+            redis_server.kill()
+            redis_server.start()
+        emitted[0] += 1
+
+    handler = TokenCapturingHandler(
+        workflow_id=wf, run_id=run, node="model", task_id="a", redis=backend, phase1_publish=phase1
+    )
+    model = ScriptedChatModel(script=REPLIES, mode="sequential", token_delay=0.002, on_token=on_token)
+    consumer = asyncio.create_task(client(backend, wf, run, phase1))
+    try:
+        for _ in REPLIES:
+            await model.ainvoke("go", config={"callbacks": [handler]})
+            deadline = time.monotonic() + 10
+            while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        summaries = await handler.flush()
+        assert await finish_run(backend, wf, run, phase1)
+        out = await asyncio.wait_for(consumer, 15)
+    finally:
+        consumer.cancel()
+    check_delivery(out, REPLIES)
+    assert [s["transport"] for s in summaries] == ["temporal", "redis", "redis"]
+    assert summaries[0].get("failover") is True
+
+
+def _signal_redis(server, sig) -> None:
+    import os
+
+    os.kill(server.process._proc.pid, sig)
+
+
+async def test_redis_frozen_then_thawed_ambiguous_writes(redis_server, redis_up, backend):
+    """SIGSTOP: writes time out (they may still land when Redis resumes): the client gets
+    some tokens twice (Redis and Phase 1) and the merger delivers each exactly once."""
+    import signal
+
+    wf, run = ids()
+    phase1 = Phase1Queue()
+    emitted = [0]
+    frozen = [False]
+
+    def on_token(tok: str, ts: float) -> None:
+        if emitted[0] == 4:
+            _signal_redis(redis_server, signal.SIGSTOP)
+            frozen[0] = True
+        emitted[0] += 1
+
+    consumer = asyncio.create_task(client(backend, wf, run, phase1, slow=0.001))
+    try:
+        t0 = time.monotonic()
+        contents, summaries = await run_activity(
+            backend, wf, run, REPLIES, phase1, token_delay=0.002, on_token=on_token
+        )
+        assert time.monotonic() - t0 < 10  # bounded: the activity never hangs on Redis
+        assert summaries[0]["transport"] == "temporal"
+    finally:
+        if frozen[0]:
+            _signal_redis(redis_server, signal.SIGCONT)
+    try:
+        # Redis is back with its data: the subscriber resumes; the run ends through Redis
+        deadline = time.monotonic() + 10
+        while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert await finish_run(backend, wf, run, phase1)
+        out = await asyncio.wait_for(consumer, 15)
+    finally:
+        consumer.cancel()
+    check_delivery(out, REPLIES)
