@@ -32,24 +32,43 @@ Worker side, one handler per activity attempt, created inside the activity's eve
   call's un-acknowledged events) is re-sent through ``phase1_publish`` followed by the rest of the
   call. Clients de-duplicate, so every token is delivered exactly once (see TokenStreamMerger).
 - Phase 1 batching: ``phase1_publish`` is called with batches (every ``phase1_interval``
-  seconds or ``phase1_max_batch`` events), one call in flight at a time, in order, with retries;
-  ``flush()`` raises if Phase 1 ultimately fails (the activity should fail and be retried).
+  seconds, default 0.05, or ``phase1_max_batch`` events), one call in flight at a time, in
+  order, with retries; ``flush()`` raises if Phase 1 ultimately fails (the activity should
+  fail and be retried). If the sink batches by itself (a workflow-stream topic), pass
+  ``phase1_interval=0`` to avoid adding a second batching delay.
+- Summaries: ``flush()`` returns (and ``handler.summaries`` holds) one dict per LLM call,
+  ``{"token_count", "llm_call", "message_id", "transport": "redis"|"temporal", "node",
+  "attempt", ["failover", "namespace", "error"]}`` - about 150 bytes; ``handler.summary()``
+  aggregates them per activity.
 - End of run: ``await backend.publish_complete(workflow_id, run_id, phase1_publish=...)`` writes
   the ``complete`` entry (returns False if Redis is down; the Temporal side ends the stream then,
   and the replay window of the run is re-sent through ``phase1_publish`` if given).
+- Health: ``backend.status()`` (no I/O): ``{"redis": "up"|"probing"|"down", "circuit", ...}``;
+  ``await backend.ping()``. Config from env: ``RedisStreamBackend.from_env()`` (REDIS_URL,
+  DEEPAGENT_STREAM_MAXLEN, DEEPAGENT_STREAM_TTL_SECONDS; None without REDIS_URL).
+- One backend per process and event loop; the handler must be created on the activity's loop.
 
-Client side::
+Client side (``deepagent_temporal.delivery``)::
 
     merger = TokenStreamMerger()
     async for ev in merger.amerge(backend.subscribe(wf_id, run_id), phase1_iterator):
         ...   # dicts with a strictly increasing `seq`, de-duplicated, `reset` handled
     # or push events yourself: for out in merger.push(ev): ...; merger.flush_stale(); merger.finish()
+    # amerge ends at the first `complete` from any source; if Redis may end before Phase 1
+    # replays arrive, feed only the durable path's `complete` (as tokens.py does).
+
+``backend.subscribe(wf, run, last_id="0-0")`` yields events (with ``redis_id``, the resume
+cursor) until ``complete``, reconnecting with backoff across Redis restarts;
+``backend.subscribe_many([(wf, run), ...])`` reads many runs over one connection.
 
 Event dicts: see ``TokenEvent`` (ARCHITECTURE.md). Extra keys: ``task_id`` (reset scope),
 ``ts`` (emit time, epoch seconds), ``token_count`` on ``llm_end``, ``nostream`` on calls tagged
-``nostream`` (e.g. SummarizationMiddleware's summary call; clients may hide them).
-Metrics: ``deepagent_temporal.metrics``. Benchmarks: ``bench/bench_streaming.py``
-(``run_phase2_latency`` / ``table_row`` are reusable).
+``nostream`` (e.g. SummarizationMiddleware's summary call; clients may hide them), ``replay``
+on events re-sent through Phase 1 after a Redis failure (the merger strips it).
+Wire format: ``XADD key MAXLEN ~ N * e <json>`` (one event) or ``b <json list>`` (several
+events queued together); Redis I/O uses the small RESP client in ``resp.py``.
+Metrics: ``deepagent_temporal.metrics``. Benchmarks: ``bench/bench_streaming.py`` (``Row``,
+``percentiles``, ``format_table``, ``median_of``, ``redis_url_for_bench`` are reusable).
 """
 
 from __future__ import annotations
