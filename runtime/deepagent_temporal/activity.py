@@ -43,6 +43,8 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from deepagent_temporal.phase1 import compact
+
 logger = logging.getLogger(__name__)
 
 TOKENS_TOPIC = "tokens"
@@ -309,7 +311,7 @@ class TokenStreamingInterceptor(Interceptor):
             # one stream item and one signal per batch; the handler batches (every
             # DEEPAGENT_PHASE1_BATCH_MS) while the previous signal is in flight
             if events:
-                tokens_topic.publish(list(events), force_flush=True)
+                tokens_topic.publish(compact(list(events)), force_flush=True)
                 await stream.flush()
 
         summaries: list[dict[str, Any]] | None = None
@@ -368,7 +370,7 @@ async def finish_stream_activity_impl(backend: Any) -> bool:
 
     async def phase1_publish(events: list[dict[str, Any]]) -> None:
         if events:
-            topic.publish(list(events))
+            topic.publish(compact(list(events)))
 
     async with stream:
         return await backend.publish_complete(

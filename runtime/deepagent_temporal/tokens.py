@@ -22,6 +22,7 @@ from typing import Any
 
 from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
 from deepagent_temporal.delivery import TokenStreamMerger
+from deepagent_temporal.phase1 import expand
 
 #: how long the end of a run waits for tokens still in flight on the Redis path
 END_GRACE_SECONDS = 10.0
@@ -123,8 +124,8 @@ async def merge_token_stream(
                 continue
             topic, data = payload.topic, payload.data
             if topic == TOKENS_TOPIC:
-                for raw in data if isinstance(data, list) else [data]:
-                    if isinstance(raw, dict) and raw.get("type") != "complete":
+                for raw in expand(data):
+                    if raw.get("type") != "complete":
                         for ev in push(raw):
                             yield "tokens", ev
             elif topic == CUSTOM_TOPIC:
