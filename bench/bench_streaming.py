@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -276,6 +277,14 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
 
     backend = RedisStreamBackend(redis_url, op_timeout=2.0)
     await backend.ping()
+    # warm up (lazy imports, first-call setup) outside the measurement, like a worker
+    # that has served a request; then move startup objects out of the GC's way
+    warm = TokenCapturingHandler(workflow_id=wf, run_id="warmup", node="model", redis=backend)
+    await ScriptedChatModel(script=["warm up"]).ainvoke("x", config={"callbacks": [warm]})
+    await warm.flush()
+    if os.environ.get("BENCH_GC_FREEZE", "1") == "1":
+        gc.collect()
+        gc.freeze()
     print("READY", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
 
@@ -327,6 +336,7 @@ async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1
             if ev.get("type") == "token":
                 received[run].append(time.time())
 
+    gc.collect()  # the subscriber process too: earlier benchmarks left garbage behind
     task = asyncio.create_task(consume())
     emitted: dict[str, list[float]] = {}
     try:
