@@ -1302,45 +1302,38 @@ def _decode_fields(fields: list[bytes]) -> list[dict[str, Any]]:
     return []
 
 
-async def _io_with_timeout(coro: Awaitable[T], seconds: float) -> T:
-    """Like ``wait_for``, but a starved event loop does not count as a slow Redis.
+async def _io_with_timeout(aw: Awaitable[T], seconds: float) -> T:
+    """Like ``asyncio.timeout``, but a starved event loop does not count as a slow Redis.
 
     When CPU-bound work (a sync node on the loop, fifty LLM calls starting at once) hogs
-    the loop, the timer and the already-arrived reply become ready together, or the
-    timer fires long after its deadline. A bounded timeout should measure Redis, so:
-    if the timer fired late or the loop is lagging, keep waiting (up to 5x ``seconds``).
+    the loop, the timer fires long after its deadline, usually with the reply already
+    waiting in the socket. A bounded timeout should measure Redis, so a late timer is
+    re-armed (up to 5x ``seconds`` in total) instead of cancelling. No extra task.
     """
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(coro)
+    task = asyncio.current_task()
+    assert task is not None
     start = loop.time()
-    deadline = start + seconds
+    state: list[Any] = [False, None]  # [timed out, timer handle]
+
+    def fire(due: float) -> None:
+        now = loop.time()
+        if now - due > 0.05 and now < start + 5 * seconds:
+            nxt = now + min(seconds, 0.25)
+            state[1] = loop.call_at(nxt, fire, nxt)
+            return
+        state[0] = True
+        task.cancel()
+
+    state[1] = loop.call_at(start + seconds, fire, start + seconds)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
-            if done:
-                break
-            late = loop.time() - deadline
-            t = loop.time()
-            for _ in range(3):
-                await asyncio.sleep(0)
-                if task.done():
-                    break
-            if task.done():
-                break
-            lag = loop.time() - t
-            if (late > 0.05 or lag > 0.01) and loop.time() < start + 5 * seconds:
-                deadline = loop.time() + min(seconds, 0.25)
-                continue
-            break
+        return await aw
     except asyncio.CancelledError:
-        task.cancel()
+        if state[0] and task.uncancel() == 0:
+            raise TimeoutError(f"Redis did not answer within {seconds}s") from None
         raise
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise TimeoutError(f"Redis did not answer within {seconds}s")
-    return task.result()
+    finally:
+        state[1].cancel()
 
 
 # The delivery side lives in delivery.py; re-exported here for one import path.
