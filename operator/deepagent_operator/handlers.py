@@ -117,6 +117,15 @@ def update_agent(body: kopf.Body, memo: kopf.Memo, retry: int, logger: Any, **_:
     _reconcile(body, memo, retry, logger)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def agent_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Forget the in-memory state of deleted DeepAgents (no finalizer needed)."""
+    reconciler: Reconciler | None = getattr(memo, "reconciler", None)
+    if reconciler is not None and event.get("type") == "DELETED":
+        meta = (event.get("object") or {}).get("metadata") or {}
+        reconciler.forget(meta.get("namespace", ""), meta.get("name", ""))
+
+
 def _child_handler(kind: str):
     def handler(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         reconciler: Reconciler | None = getattr(memo, "reconciler", None)

@@ -172,6 +172,8 @@ class Reconciler:
         self.metrics = Metrics()
         self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        #: (ns, name, uid) -> the status this process last wrote (fresher than any snapshot).
+        self._written: dict[tuple[str, str, Any], dict[str, Any]] = {}
         #: (kind, ns, name) -> metadata.generation last written or seen by the operator.
         self.generations: dict[tuple[str, str, str], int] = {}
 
@@ -409,7 +411,10 @@ class Reconciler:
             queue = task_queue(name, spec)
         else:
             desired_replicas, queue = raw_spec.get("replicas"), raw_spec.get("taskQueue") or name
-        previous = body.get("status") or {}
+        # The body may be an old snapshot (kopf handler, queued event): the status this
+        # operator wrote last for this very object is fresher.
+        key = (ns, name, meta.get("uid"))
+        previous = self._written.get(key) or body.get("status") or {}
         status = compute_status(
             name=name,
             namespace=ns,
@@ -431,9 +436,11 @@ class Reconciler:
             except ApiError as e:
                 if e.status != 404:
                     raise
+                self._written.pop(key, None)
                 return status
             self.metrics.inc("status_writes_total")
             self._status_events(body, previous, status)
+        self._written[key] = status
         return status
 
     def _status_events(
@@ -458,12 +465,11 @@ class Reconciler:
                 f"phase {old.get('phase') or '-'} -> {new['phase']}: {ready.get('message', '')}",
             )
 
-    def refresh_status(
-        self, namespace: str, name: str, child: Mapping[str, Any] | None = None
-    ) -> dict[str, Any] | None:
+    def refresh_status(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Recompute the status from the children after one of them changed.
 
-        ``child`` is the Deployment or StatefulSet from the watch event (saves a GET).
+        The children are read again (not taken from the watch event): a queued event can be
+        older than what another reconcile already read and wrote.
         """
         with self._lock(namespace, name):
             body = self.kube.get("DeepAgent", namespace, name)
@@ -477,11 +483,18 @@ class Reconciler:
                 body,
                 spec,
                 error=None,
-                deployment=child if child and child.get("kind") == "Deployment" else None,
-                statefulset=child if child and child.get("kind") == "StatefulSet" else None,
+                deployment=None,
+                statefulset=None,
                 fetch=True,
                 keep_spec_condition=True,
             )
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop in-memory state of a deleted DeepAgent."""
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+        for key in [k for k in self._written if k[:2] == (namespace, name)]:
+            self._written.pop(key, None)
 
     # -- child events ---------------------------------------------------------------
     def reconcile_by_name(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -520,7 +533,7 @@ class Reconciler:
                 return "reconciled"
             if gen is not None:
                 self.generations[key] = gen
-            self.refresh_status(ns, agent, {"kind": kind, **child})
+            self.refresh_status(ns, agent)
             return "status"
         if kind in ("Service", "NetworkPolicy", "Secret"):
             self.metrics.inc("drift_checks_total")

@@ -54,29 +54,22 @@ def worker_condition(
     }
     observed = st.get("observedGeneration")
     generation = meta.get("generation")
-    if observed is not None and generation is not None and observed < generation:
-        return (
-            _cond(
-                "WorkersAvailable",
-                False,
-                "RollingOut",
-                f"{ready}/{want} workers ready; Deployment update not yet observed",
-            ),
-            block,
-        )
+    rolling = (observed is not None and generation is not None and observed < generation) or (
+        updated < want
+    )
     if want == 0:
         return _cond("WorkersAvailable", True, "ScaledToZero", "0 workers requested"), block
-    if updated < want and ready >= want:
-        return (
-            _cond(
-                "WorkersAvailable",
-                False,
-                "RollingOut",
-                f"{updated}/{want} workers updated, {ready} ready",
-            ),
-            block,
-        )
     if available >= want and ready >= want:
+        if rolling:
+            return (
+                _cond(
+                    "WorkersAvailable",
+                    True,
+                    "RollingOut",
+                    f"{ready}/{want} workers ready; rolling out ({updated} updated)",
+                ),
+                block,
+            )
         return (
             _cond(
                 "WorkersAvailable",
@@ -86,7 +79,7 @@ def worker_condition(
             ),
             block,
         )
-    reason = "RollingOut" if updated < want else "WorkersNotReady"
+    reason = "RollingOut" if rolling else "WorkersNotReady"
     return (_cond("WorkersAvailable", False, reason, f"{ready}/{want} workers ready"), block)
 
 
@@ -183,11 +176,8 @@ def compute_status(
         phase = "Failed"
     elif workers_cond["status"] != "True":
         ready_cond = _cond("Ready", False, workers_cond["reason"], workers_cond["message"])
-        phase = (
-            "Degraded"
-            if workers.get("readyReplicas", 0) > 0 or previous.get("phase") in ("Ready", "Degraded")
-            else "Pending"
-        )
+        # Degraded: it was Ready before and lost capacity; a first rollout is Pending.
+        phase = "Degraded" if previous.get("phase") in ("Ready", "Degraded") else "Pending"
     elif redis_cond["status"] != "True":
         ready_cond = _cond("Ready", False, redis_cond["reason"], redis_cond["message"])
         phase = "Degraded" if previous.get("phase") in ("Ready", "Degraded") else "Pending"

@@ -215,7 +215,7 @@ def test_printer_columns(k8s_cluster, kube, ns, sample):
 def test_events_are_recorded(k8s_cluster, kube, ns, sample):
     wait_phase(kube, ns, "coder", "Ready")
 
-    def reasons():
+    def events():
         out = k8s_cluster.kubectl(
             "get",
             "events",
@@ -226,9 +226,21 @@ def test_events_are_recorded(k8s_cluster, kube, ns, sample):
             "-o",
             "json",
         ).stdout
-        return {e["reason"] for e in json.loads(out)["items"]}
+        return json.loads(out)["items"]
 
-    assert wait_for("events", lambda: {"Created", "PhaseReady"} <= reasons() and reasons())
+    wait_for("events", lambda: {"Created", "PhaseReady"} <= {e["reason"] for e in events()})
+    items = events()
+    created = sorted(e["message"] for e in items if e["reason"] == "Created")
+    assert created == [
+        "created Deployment coder-worker",
+        "created NetworkPolicy coder-redis",
+        "created Secret coder-redis-auth with a generated Redis password",
+        "created Service coder-redis",
+        "created StatefulSet coder-redis",
+    ]
+    # No flapping on the way up: one first phase, never Degraded.
+    assert sum(e["message"].startswith("phase - ->") for e in items) == 1, items
+    assert "PhaseDegraded" not in {e["reason"] for e in items}
 
 
 # -- Must show: replicas / env / referenced Secret changes roll or scale ---------------------

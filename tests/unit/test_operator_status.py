@@ -92,17 +92,29 @@ def test_no_deployment_yet():
     assert st["ready"] == "0/2"
 
 
-def test_degraded_when_some_ready_or_redis_lost():
-    assert status(deployment=dep(ready=1, available=1))["phase"] == "Degraded"
+def test_degraded_only_after_ready():
+    # a first rollout with some workers ready is still Pending
+    assert status(deployment=dep(ready=1, available=1))["phase"] == "Pending"
     prev = status()
+    assert status(deployment=dep(ready=1, available=1), previous=prev)["phase"] == "Degraded"
     st = status(statefulset=sts(0), previous=prev)
     assert st["phase"] == "Degraded"
     assert conds(st)["RedisReady"]["status"] == "False"
 
 
-def test_rolling_out_when_generation_not_observed():
+def test_rolling_out_keeps_ready_while_capacity_is_there():
     st = status(deployment=dep(generation=2, observed=1))
     assert conds(st)["WorkersAvailable"]["reason"] == "RollingOut"
+    assert conds(st)["WorkersAvailable"]["status"] == "True"
+    assert st["phase"] == "Ready"
+    st = status(deployment=dep(ready=2, available=2, updated=1))
+    assert conds(st)["WorkersAvailable"]["reason"] == "RollingOut"
+    st = status(deployment=dep(ready=1, available=1, updated=1), previous=status())
+    assert conds(st)["WorkersAvailable"] == {
+        **conds(st)["WorkersAvailable"],
+        "status": "False",
+        "reason": "RollingOut",
+    }
     assert st["phase"] == "Degraded"
 
 
