@@ -471,3 +471,49 @@ async def test_redis_frozen_then_thawed_ambiguous_writes(redis_server, redis_up,
     finally:
         consumer.cancel()
     check_delivery(out, REPLIES)
+
+
+async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redis_up, backend):
+    """Six runs share one backend (one writer, one connection); half call the model from
+    executor threads (sync nodes). Redis dies mid-stream: every run's client still gets
+    exactly its own tokens, once."""
+    runs = [ids() for _ in range(6)]
+    phase1s = [Phase1Queue() for _ in runs]
+    replies = [[f"run {k} says: " + " ".join(f"w{k}.{i}" for i in range(30))] for k in range(6)]
+    emitted = [0]
+
+    def on_token(tok: str, ts: float) -> None:
+        emitted[0] += 1
+        if emitted[0] == 60:
+            redis_server.kill()
+
+    consumers = [
+        asyncio.create_task(client(backend, wf, run, p1)) for (wf, run), p1 in zip(runs, phase1s, strict=True)
+    ]
+
+    async def one(k: int) -> list[dict]:
+        wf, run = runs[k]
+        h = TokenCapturingHandler(
+            workflow_id=wf, run_id=run, node="model", task_id=f"t{k}", redis=backend,
+            phase1_publish=phase1s[k],
+        )
+        model = ScriptedChatModel(script=replies[k], token_delay=0.001, on_token=on_token)
+        if k % 2:
+            await asyncio.to_thread(lambda: model.invoke("go", config={"callbacks": [h]}))
+        else:
+            await model.ainvoke("go", config={"callbacks": [h]})
+        return await h.flush()
+
+    try:
+        summaries = await asyncio.gather(*[one(k) for k in range(6)])
+        assert not redis_server.process.running
+        for (wf, run), p1 in zip(runs, phase1s, strict=True):
+            assert not await finish_run(backend, wf, run, p1)
+        outs = await asyncio.wait_for(asyncio.gather(*consumers), 20)
+    finally:
+        for c in consumers:
+            c.cancel()
+    for k, out in enumerate(outs):
+        check_delivery(out, replies[k])
+        assert {e["task_id"] for e in out if e["type"] == "token"} == {f"t{k}"}
+    assert any(s[0]["transport"] == "temporal" for s in summaries)
