@@ -517,3 +517,34 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
         check_delivery(out, replies[k])
         assert {e["task_id"] for e in out if e["type"] == "token"} == {f"t{k}"}
     assert any(s[0]["transport"] == "temporal" for s in summaries)
+
+
+async def test_password_and_database_from_the_url(tmp_path):
+    """Managed Redis has a password (the operator's Secret); the URL may pick a database."""
+    from deepagent_temporal.devservers import RedisServer
+
+    server = RedisServer(log_dir=tmp_path, password="s3cr/t")
+    server.start()
+    try:
+        url = server.url.replace("s3cr/t", "s3cr%2Ft").rsplit("/", 1)[0] + "/3"
+        b = RedisStreamBackend(url)
+        wf, run = ids()
+        await b.publish(wf, run, [{"type": "token", "token": "hi", "index": 0}])
+        await b.publish_complete(wf, run)
+        got = [e async for e in b.subscribe(wf, run)]
+        assert [e["type"] for e in got] == ["token", "complete"]
+        r = aioredis.from_url(url)
+        try:
+            assert await r.exists(b.stream_key(wf, run)) == 1  # in database 3
+        finally:
+            await r.aclose()
+        await b.aclose()
+
+        bad = RedisStreamBackend(url.replace("s3cr%2Ft", "wrong"))
+        assert not await bad.ping()
+        with pytest.raises(ConnectionError):
+            await bad.publish(wf, run, [{"type": "token", "token": "x", "index": 1}])
+        assert bad.status()["redis"] != "up"
+        await bad.aclose()
+    finally:
+        server.stop()
