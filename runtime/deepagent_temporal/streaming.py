@@ -88,7 +88,6 @@ from typing import Any, Literal, TypedDict, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessageChunk
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from deepagent_temporal import metrics
@@ -253,13 +252,18 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         self.phase1_retries = phase1_retries
         self.flush_timeout = flush_timeout
         self._sink = sink  # test hook: receives every event on the loop thread, in order
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
+            loop = running
         self._loop = loop
-        self._loop_thread: int | None = threading.get_ident() if loop is not None else None
+        # the thread that runs the loop: callbacks from any other thread are handed over
+        self._loop_thread: int | None = (
+            threading.get_ident() if loop is not None and loop is running
+            else getattr(loop, "_thread_id", None)
+        )
         self._counter = itertools.count()
         self._calls: dict[UUID, _Call] = {}
         self._all_calls: list[_Call] = []
@@ -370,7 +374,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         if message is not None:
             content = message.content
             text = content if type(content) is str else _text_of(content)
-            tcc = message.tool_call_chunks if type(message) is AIMessageChunk else None
+            tcc = getattr(message, "tool_call_chunks", None)
             if tcc:
                 tool_call_chunks = [dict(c) for c in tcc]
             if call.message_id is None:
@@ -879,10 +883,10 @@ class RedisStreamBackend:
             if c.state == "closed":
                 return
             c.state = "half_open"
+            conn: RespConnection | None = None
             try:
                 conn = await self._connect()
                 await _io_with_timeout(conn.command("PING"), self.op_timeout)
-                conn.close()
             except asyncio.CancelledError:
                 c.state = "open"
                 raise
@@ -890,6 +894,9 @@ class RedisStreamBackend:
                 metrics.REDIS_ERRORS.labels(op="probe").inc()
                 c.record_failure()
                 continue
+            finally:
+                if conn is not None:
+                    conn.close()
             self._drop_conn()  # the writer reconnects (its old connection is dead)
             c.record_success()
 
