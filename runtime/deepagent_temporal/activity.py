@@ -197,7 +197,7 @@ def make_node_caller(
 
 
 def _phase1_batch_interval() -> timedelta:
-    ms = float(os.environ.get("DEEPAGENT_PHASE1_BATCH_MS", "30"))
+    ms = float(os.environ.get("DEEPAGENT_PHASE1_BATCH_MS", "50"))
     return timedelta(milliseconds=max(ms, 1.0))
 
 

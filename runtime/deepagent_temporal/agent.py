@@ -12,15 +12,20 @@ from langgraph.types import Command, StateSnapshot
 from temporalio.client import (
     Client,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.contrib.workflow_streams import WorkflowStreamClient
+from temporalio.contrib.workflow_streams import PollInput, PollResult, WorkflowStreamClient
 from temporalio.service import RPCError, RPCStatusCode
 
 from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
 from deepagent_temporal.converter import with_data_converter
 from deepagent_temporal.workflow import WORKFLOW_NAME, RunRequest, RunState
+
+_STREAM_POLL = "__temporal_workflow_stream_poll"
+#: a topic nothing is published to: stream long-polls only wake the client up
+_WAKE_TOPIC = "__wake__"
 
 GRAPH_MODES = ("values", "updates", "custom")
 ALL_MODES = (*GRAPH_MODES, "tokens", "messages")
@@ -297,36 +302,82 @@ class TemporalDeepAgent:
     async def _subscribe(
         self, handle: WorkflowHandle, topics: list[str], from_offset: int
     ) -> AsyncIterator[Any]:
-        """Workflow stream items from ``from_offset``, surviving worker outages.
+        """Workflow stream items (``WorkflowStreamItem``) from ``from_offset`` on.
 
-        A stream poll is a workflow update: while no worker polls the task queue (all
-        workers restarting, one crashed) it fails; we re-subscribe from the next offset
-        for as long as the run is open.
+        History-lean variant of ``WorkflowStreamClient.subscribe``: the long-poll
+        *update* (recorded in Event History) asks for a topic nobody publishes to, so it
+        only wakes us up when something was published and its result is empty; the items
+        themselves are read with the stream's poll *query* (not recorded). Token batches
+        and graph values therefore enter history once (the publishing signal), not twice.
+
+        Survives worker outages (while no worker polls the task queue, updates and
+        queries fail): retries for as long as the run is open. After the run closes,
+        drains what is left with queries, then ends.
         """
         offset = from_offset
         failures = 0
+        closed = False
         while True:
-            stream = WorkflowStreamClient.create(self.client, handle.id)
             try:
-                async for item in stream.subscribe(
-                    topics, from_offset=offset, poll_cooldown=self.poll_interval
-                ):
-                    failures = 0
-                    offset = item.offset + 1
-                    yield item
-                return
-            except (RPCError, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                if not closed:
+                    await handle.execute_update(
+                        _STREAM_POLL,
+                        PollInput(topics=[_WAKE_TOPIC], from_offset=offset),
+                        result_type=PollResult,
+                    )
+                more = True
+                while more:
+                    result: PollResult = await handle.query(
+                        _STREAM_POLL,
+                        PollInput(topics=topics, from_offset=offset),
+                        result_type=PollResult,
+                    )
+                    for item in self._decode_items(result):
+                        yield item
+                    offset = max(offset, result.next_offset)
+                    more = result.more_ready
+                failures = 0
+                if closed:
+                    return
+                await asyncio.sleep(self.poll_interval.total_seconds())
+            except WorkflowUpdateFailedError as err:
+                cause_type = getattr(err.cause, "type", None)
+                if cause_type == "TruncatedOffset":
+                    offset = 0
+                    continue
+                # StreamDraining: the run is closing; read the rest once it has closed
+                closed = await self._is_closed(handle, failures)
                 failures += 1
-                try:
-                    desc = await handle.describe()
-                except RPCError:
-                    if failures > 120:
-                        raise
-                    desc = None
-                if desc is not None and desc.status is not None and desc.status.name != "RUNNING":
-                    if failures > 5:
-                        raise
+                await asyncio.sleep(min(0.05 * failures, 1.0))
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowQueryFailedError):
+                failures += 1
+                closed = await self._is_closed(handle, failures)
+                if closed and failures > 20:
+                    raise
                 await asyncio.sleep(min(0.1 * failures, 1.0))
+
+    async def _is_closed(self, handle: WorkflowHandle, failures: int) -> bool:
+        try:
+            desc = await handle.describe()
+        except RPCError:
+            if failures > 600:
+                raise
+            return False
+        return desc.status is not None and desc.status.name != "RUNNING"
+
+    def _decode_items(self, result: PollResult) -> list[Any]:
+        from temporalio.contrib.workflow_streams import WorkflowStreamItem
+        from temporalio.contrib.workflow_streams._types import _decode_payload
+
+        converter = self.client.data_converter.payload_converter
+        return [
+            WorkflowStreamItem(
+                topic=wire.topic,
+                data=converter.from_payload(_decode_payload(wire.data)),
+                offset=wire.offset,
+            )
+            for wire in result.items
+        ]
 
     async def _raise_if_failed(self, handle: WorkflowHandle) -> None:
         desc = await handle.describe()
