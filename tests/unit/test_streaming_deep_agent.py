@@ -73,3 +73,34 @@ async def test_deep_agent_sub_agent_calls_are_nested():
     top = _tokens(got, 2)[0]
     assert top["namespace"] == [] and top["node"] == "model"
     assert len(sub["namespace"]) >= 1 and sub["namespace"][0].startswith("tools:")
+
+
+async def test_summarization_middleware_two_calls_in_one_node():
+    """Deep Agents' SummarizationMiddleware (wrap_model_call) makes a summary call and then
+    the model call inside the same `model` node: two llm_calls, each indexed from 0; the
+    summary call is tagged `nostream` and flagged as such."""
+    from deepagents.backends import StateBackend
+    from deepagents.middleware import SummarizationMiddleware
+    from langchain.agents import create_agent
+
+    summarizer = ScriptedChatModel(script=["Summary of the chat so far."])
+    model = ScriptedChatModel(script=["The answer is 42."], mode="sequential")
+    middleware = SummarizationMiddleware(
+        model=summarizer, backend=StateBackend(), trigger=("messages", 3), keep=("messages", 1)
+    )
+    agent = create_agent(model=model, middleware=[middleware])
+    history = [("user", "q1"), ("ai", "a1"), ("user", "q2"), ("ai", "a2"), ("user", "final question")]
+    got: list[dict] = []
+    handler = TokenCapturingHandler(sink=got.append)
+    out = await agent.ainvoke({"messages": history}, config={"callbacks": [handler]})
+    summaries = await handler.flush()
+    assert out["messages"][-1].content == "The answer is 42."
+    assert len(summaries) == 2
+    first, second = _tokens(got, 0), _tokens(got, 1)
+    assert "".join(e["token"] for e in first) == "Summary of the chat so far."
+    assert "".join(e["token"] for e in second) == "The answer is 42."
+    assert [e["index"] for e in first] == list(range(len(first)))
+    assert [e["index"] for e in second] == list(range(len(second)))
+    assert {e["node"] for e in first + second} == {"model"}
+    assert not any(e.get("nostream") for e in second)
+    assert all(e.get("nostream") for e in first)
