@@ -423,8 +423,13 @@ def main() -> int:
         spec = json.loads(args.emitter)
         asyncio.run(_emitter(spec["redis_url"], spec["wf"], spec["runs"], spec["tokens"], spec["rate"]))
         return 0
+    load0 = os.getloadavg()[0]
     rows = asyncio.run(main_async(args))
     print(format_table(rows))
+    print(
+        f"\nLoad average (1 min) before / after: {load0:.2f} / {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs: latency tails grow when other work competes for the CPU."
+    )
     return 0
 
 
