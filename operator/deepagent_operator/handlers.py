@@ -157,7 +157,7 @@ async def _resync_loop(memo: kopf.Memo) -> None:
     async def one(body: dict[str, Any]) -> None:
         async with sem:
             try:
-                await asyncio.to_thread(memo.reconciler.reconcile, body)
+                await asyncio.to_thread(memo.reconciler.reconcile, body, True)
             except SpecError:
                 pass  # reported as a condition
             except Exception:
@@ -193,6 +193,14 @@ async def _serve_metrics(memo: kopf.Memo, port: int) -> None:
             f'api_writes_total{{method="{m}",resource="{res}"}}': float(n)
             for (m, res), n in r.kube.writes.items()
         }
+        extra.update(
+            {
+                f'api_requests_by_total{{method="{m}",resource="{res}",code="{code}"}}': float(n)
+                for (m, res, code), n in r.kube.requests_by.items()
+            }
+        )
+        extra["api_requests_total"] = float(r.kube.requests)
+        extra["api_request_seconds_total"] = r.kube.request_seconds
         return web.Response(text=r.metrics.render(extra), content_type="text/plain")
 
     app = web.Application()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -57,6 +58,9 @@ class Kube:
         self._lock = threading.Lock()
         #: Counts of write requests by (method, kind); read by the metrics endpoint and tests.
         self.writes: dict[tuple[str, str], int] = {}
+        self.requests = 0
+        self.requests_by: dict[tuple[str, str, int], int] = {}
+        self.request_seconds = 0.0
 
     # -- raw -------------------------------------------------------------------------
     def request(
@@ -82,18 +86,30 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        t0 = time.monotonic()
         resp = self.api.call_api(
             m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=self.timeout
         )
         raw = resp.read()
+        with self._lock:
+            self.requests += 1
+            self.request_seconds += time.monotonic() - t0
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        parts = path.split("?")[0].split("/")
+        res = (
+            parts[parts.index("namespaces") + 2]
+            if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2
+            else parts[-1]
+        )
+        with self._lock:
+            k = (method, res, resp.status)
+            self.requests_by[k] = self.requests_by.get(k, 0) + 1
         if resp.status >= 400:
             raise ApiError(resp.status, parsed, method, path)
         if method != "GET":
-            parts = path.split("?")[0].split("/")
             resource = (
                 parts[parts.index("namespaces") + 2]
                 if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2

@@ -125,6 +125,21 @@ def merge_patch(
     return out
 
 
+def _status_inputs(child: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The fields of a Deployment / StatefulSet that :func:`compute_status` reads."""
+    meta = child.get("metadata") or {}
+    st = child.get("status") or {}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        (child.get("spec") or {}).get("replicas"),
+        st.get("observedGeneration"),
+        st.get("readyReplicas"),
+        st.get("availableReplicas"),
+        st.get("updatedReplicas"),
+    )
+
+
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid for r in refs)
@@ -172,6 +187,11 @@ class Reconciler:
         self.metrics = Metrics()
         self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._refresh_pending: set[tuple[str, str]] = set()
+        #: (kind, ns, name) of the children that exist, as far as the child watch knows.
+        self.seen: set[tuple[str, str, str]] = set()
+        #: (kind, ns, name) -> the fields of a child that the status depends on, last seen.
+        self._child_digests: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         #: (ns, name, uid) -> the status this process last wrote (fresher than any snapshot).
         self._written: dict[tuple[str, str, Any], dict[str, Any]] = {}
         #: (kind, ns, name) -> metadata.generation last written or seen by the operator.
@@ -219,9 +239,11 @@ class Reconciler:
             return self._locks[(namespace, name)]
 
     # -- full reconcile -------------------------------------------------------------
-    def reconcile(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def reconcile(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         """Bring the children of one DeepAgent to the desired state; return its status.
 
+        Children that should not exist are looked up only if the child watch has seen them,
+        or always when ``thorough`` (the periodic resync).
         Raises :class:`SpecError` (after writing a Failed condition) on semantic errors.
         """
         meta = body["metadata"]
@@ -229,7 +251,7 @@ class Reconciler:
         with self._lock(ns, name):
             start = time.monotonic()
             try:
-                return self._reconcile_locked(body)
+                return self._reconcile_locked(body, thorough)
             finally:
                 self.metrics.inc("reconcile_total")
                 self.metrics.inc("reconcile_seconds_total", time.monotonic() - start)
@@ -259,7 +281,7 @@ class Reconciler:
                 data[k] = v
         return data
 
-    def _reconcile_locked(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _reconcile_locked(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         spec: DeepAgentSpec | None = None
@@ -306,13 +328,17 @@ class Reconciler:
                 live[kind] = new
                 self.metrics.inc("child_writes_total")
                 self._on_written(body, kind, cname, cur, obj)
+            self.seen.add((kind, ns, cname))
             gen = (live[kind].get("metadata") or {}).get("generation")
             if gen is not None:
                 self.generations[(kind, ns, cname)] = gen
         for kind, cname in desired.absent:
+            if not thorough and (kind, ns, cname) not in self.seen:
+                continue
             cur = self.kube.get(kind, ns, cname)
             if cur is not None and _owned_by(cur, uid):
                 self.kube.delete(kind, ns, cname)
+                self.seen.discard((kind, ns, cname))
                 self.metrics.inc("child_writes_total")
                 self.event(
                     body,
@@ -469,9 +495,19 @@ class Reconciler:
         """Recompute the status from the children after one of them changed.
 
         The children are read again (not taken from the watch event): a queued event can be
-        older than what another reconcile already read and wrote.
+        older than what another reconcile already read and wrote. Refreshes that pile up
+        behind the lock are coalesced: one that has not started reading yet will see the
+        changes of every event that arrived before it starts.
         """
+        key = (namespace, name)
+        with self._locks_guard:
+            if key in self._refresh_pending:
+                self.metrics.inc("status_refreshes_coalesced_total")
+                return None
+            self._refresh_pending.add(key)
         with self._lock(namespace, name):
+            with self._locks_guard:
+                self._refresh_pending.discard(key)
             body = self.kube.get("DeepAgent", namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
@@ -515,12 +551,17 @@ class Reconciler:
             return "ignored"
         key = (kind, ns, cname)
         gen = meta.get("generation")
+        if event_type == "DELETED":
+            self.seen.discard(key)
+        else:
+            self.seen.add(key)
         if event_type is None:  # initial listing: the resume handler reconciles
             if gen is not None:
                 self.generations.setdefault(key, gen)
             return "listed"
         if event_type == "DELETED":
             self.generations.pop(key, None)
+            self._child_digests.pop(key, None)
             self.metrics.inc("drift_repairs_total")
             self.reconcile_by_name(ns, agent)
             return "reconciled"
@@ -533,6 +574,10 @@ class Reconciler:
                 return "reconciled"
             if gen is not None:
                 self.generations[key] = gen
+            digest = _status_inputs(child)
+            if self._child_digests.get(key) == digest:
+                return "unchanged"  # nothing the status is computed from has changed
+            self._child_digests[key] = digest
             self.refresh_status(ns, agent)
             return "status"
         if kind in ("Service", "NetworkPolicy", "Secret"):
