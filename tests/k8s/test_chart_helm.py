@@ -195,9 +195,10 @@ def test_metrics_service_and_pdb(k8s_cluster):
 
 
 def test_peering_mode(k8s_cluster):
-    docs = render(k8s_cluster, "peering.enabled=true", "replicaCount=2")
+    docs = render(k8s_cluster, "peering.enabled=true", "replicaCount=2", "peering.priority=-10")
     c = operator_container(docs)
     assert "--peering=deepagent-operator" in c["args"]
+    assert "--priority=-10" in c["args"]
     assert "--standalone" not in c["args"]
     (dep,) = by_kind(docs)["Deployment"]
     assert dep["spec"]["replicas"] == 2
