@@ -499,6 +499,29 @@ def test_disabling_redis_removes_it_but_keeps_the_password(k8s_cluster, kube, ns
     k8s_cluster.kubectl("delete", "da", "toggle", "-n", ns)
 
 
+def test_pvc_storage_and_immutable_change_is_a_condition(k8s_cluster, kube, ns, operator):
+    redis = {"mode": "Managed", "storage": {"type": "PersistentVolumeClaim", "size": "2Gi"}}
+    apply(k8s_cluster, agent(ns, "pvc", base_spec(streaming={"redis": redis})))
+    sts = wait_for("StatefulSet", lambda: kube.get("StatefulSet", ns, "pvc-redis"))
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert "--appendonly" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    patch = {"spec": {"streaming": {"redis": {"storage": {"size": "5Gi"}}}}}
+    k8s_cluster.kubectl("patch", "da", "pvc", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+    c = wait_for(
+        "SpecValid=False",
+        lambda: (c := cond(kube, ns, "pvc", "SpecValid")) and c["status"] == "False" and c,
+    )
+    assert c["reason"] == "ImmutableField"
+    assert c["message"].startswith("spec.streaming.redis.storage:")
+    assert "delete StatefulSet pvc-redis" in c["message"]
+    assert operator.proc.poll() is None
+    patch["spec"]["streaming"]["redis"]["storage"]["size"] = "2Gi"
+    k8s_cluster.kubectl("patch", "da", "pvc", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+    wait_for("SpecValid=True", lambda: cond(kube, ns, "pvc", "SpecValid").get("status") == "True")
+    k8s_cluster.kubectl("delete", "da", "pvc", "-n", ns)
+
+
 # -- Must show: delete -> garbage collection (runs last in this module) ----------------------
 def test_delete_garbage_collects_children(k8s_cluster, kube, ns, sample):
     k8s_cluster.kubectl("delete", "da", "coder", "-n", ns, "--wait=true", "--timeout=60s")
