@@ -371,6 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Invoked as a program (``argv`` None), it ends the process.
+
+    The process ends with ``os._exit`` once everything is flushed: Temporal's native
+    runtime threads can abort a normal interpreter shutdown (SIGABRT) on a loaded
+    machine, which would turn a clean exit code into a crash.
+    """
+    code = _main(argv)
+    if argv is None and os.environ.get("DEEPAGENT_NO_HARD_EXIT") != "1":
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
