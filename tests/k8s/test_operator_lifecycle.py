@@ -298,6 +298,31 @@ def test_referenced_secret_change_rolls_workers(k8s_cluster, kube, ns, sample):
     wait_phase(kube, ns, "coder", "Ready")
 
 
+def test_referenced_configmap_change_rolls_workers(k8s_cluster, kube, ns, operator):
+    core = client.CoreV1Api(k8s_cluster.api_client)
+    core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="agent-cfg"), data={"M": "a"})
+    )
+    spec = base_spec(
+        env=[
+            {
+                "name": "MODEL",
+                "valueFrom": {"configMapKeyRef": {"name": "agent-cfg", "key": "M"}},
+            }
+        ]
+    )
+    apply(k8s_cluster, agent(ns, "cm", spec))
+    wait_phase(kube, ns, "cm", "Ready")
+    before = template_hash(kube.get("Deployment", ns, "cm-worker"))
+    core.patch_namespaced_config_map("agent-cfg", ns, {"data": {"M": "b"}})
+    wait_for(
+        "new config hash after the ConfigMap changed",
+        lambda: template_hash(kube.get("Deployment", ns, "cm-worker")) != before,
+        timeout=RESYNC * 10,
+    )
+    k8s_cluster.kubectl("delete", "da", "cm", "-n", ns)
+
+
 # -- Must show: operator restart with nothing changed writes nothing -------------------------
 def test_restart_leaves_children_untouched(kube, ns, sample, operator):
     wait_phase(kube, ns, "coder", "Ready")
