@@ -43,10 +43,10 @@ def container_env(container: Mapping[str, Any], look_up: LookUp) -> dict[str, st
             data = look_up("configmap", source["configMapRef"]["name"])
         env.update({prefix + key: value for key, value in data.items()})
     for item in container.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = expand(item["value"], env)
+        ref = item.get("valueFrom")
+        if ref is None:  # the API server drops an empty value: the variable is ""
+            env[item["name"]] = expand(item.get("value", ""), env)
             continue
-        ref = item.get("valueFrom", {})
         if "secretKeyRef" in ref:
             key_ref = ref["secretKeyRef"]
             env[item["name"]] = look_up("secret", key_ref["name"])[key_ref["key"]]

@@ -29,6 +29,7 @@ def test_env_resolves_refs_in_order():
                 "valueFrom": {"secretKeyRef": {"name": "auth", "key": "password"}},
             },
             {"name": "REDIS_URL", "value": "redis://:$(REDIS_PASSWORD)@redis:6379/0"},
+            {"name": "EMPTY"},
             {
                 "name": "LEVEL",
                 "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "LOG_LEVEL"}},
@@ -40,6 +41,7 @@ def test_env_resolves_refs_in_order():
     env = container_env(container, look_up)
     assert env["REDIS_URL"] == "redis://:s3cret@redis:6379/0"
     assert env["OPENAI_API_KEY"] == "sk-1" and env["LOG_LEVEL"] == "debug"
+    assert env["EMPTY"] == ""
     assert container_argv(container, env) == ["deepagent-temporal", "worker", "--log-level=debug"]
 
 

@@ -1,0 +1,292 @@
+"""A user's journey on the local control plane, every process started as its pod would be.
+
+helm install the chart -> the operator starts from the chart's Deployment -> kubectl apply a
+DeepAgent with Managed Redis -> Ready -> Redis starts from the operator's StatefulSet and the
+worker from the operator's Deployment (command, args, env; Secrets resolved like the kubelet
+does) -> a client streams an answer while Redis is killed -> delete -> everything is gone.
+
+The local cluster runs no containers, so three things stand in for the pod network: each
+process binds to 127.0.0.1 on a free port instead of the pod IP's fixed port, the Service
+name `<agent>-redis.<ns>.svc:6379` resolves to that Redis, a volume mount is a local
+directory, and the operator gets a kubeconfig with the chart's ServiceAccount token
+instead of the mounted token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from deepagent_temporal.devservers import ManagedProcess, free_port, port_open
+from deepagent_temporal.examples.research_agent import SCRIPT
+
+from tests.harness.pods import container_argv, container_env, decode_secret_data
+
+pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts/deepagent-operator"
+AGENT = "e2e-agent"
+GRAPH = "deepagent_temporal.examples.research_agent:agent"
+
+
+def _dockerfile(path: Path, instruction: str) -> list[str]:
+    """The final stage's JSON-form ENTRYPOINT or CMD: what the kubelet falls back to."""
+    found: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith(instruction + " "):
+            found = json.loads(line[len(instruction) + 1 :])
+    return found
+
+
+def _get_json(k8s_cluster, *args: str) -> dict:
+    return json.loads(k8s_cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def _look_up(k8s_cluster, namespace: str):
+    def look_up(kind: str, name: str) -> dict[str, str]:
+        obj = _get_json(k8s_cluster, kind, name, "-n", namespace)
+        return decode_secret_data(obj.get("data")) if kind == "secret" else obj.get("data", {})
+
+    return look_up
+
+
+def _wait_for(predicate, what: str, timeout: float = 90.0, logs=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+
+
+def _sa_kubeconfig(k8s_cluster, tmp_path: Path, namespace: str, sa_name: str) -> str:
+    """The credentials a pod of ``sa_name`` would have mounted, as a kubeconfig."""
+    token = k8s_cluster.kubectl(
+        "create", "token", sa_name, "-n", namespace, "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(k8s_cluster.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+        "current-context": "sa",
+    }
+    path = tmp_path / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def namespaces(k8s_cluster):
+    created = [k8s_cluster.create_namespace("e2eop"), k8s_cluster.create_namespace("e2e")]
+    yield created
+    for namespace in created:
+        k8s_cluster.delete_namespace(namespace)
+
+
+def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespaces, tmp_path):
+    op_ns, ns = namespaces
+    release = f"e2e-{uuid.uuid4().hex[:6]}"
+    task_queue = f"e2e-{uuid.uuid4().hex[:8]}"
+    started: list[ManagedProcess] = []
+    k8s_cluster.helm(
+        "install", release, str(CHART), "--namespace", op_ns,
+        "--set", f"watch.namespaces={{{ns}}}",
+        "--set", "resyncSeconds=5",
+    )  # fmt: skip
+    try:
+        # 1. The operator, from the chart's Deployment.
+        op_deploy = _get_json(
+            k8s_cluster, "deployment", f"{release}-deepagent-operator", "-n", op_ns
+        )
+        op_pod = op_deploy["spec"]["template"]["spec"]
+        [op_container] = op_pod["containers"]
+        op_env = container_env(op_container, _look_up(k8s_cluster, op_ns))
+        op_argv = container_argv(
+            op_container, op_env, _dockerfile(ROOT / "operator/Dockerfile", "ENTRYPOINT")
+        )
+        assert op_argv[:2] == ["deepagent-operator", "run"]
+        liveness_port = free_port()
+        op_argv = [
+            re.sub(
+                r"^--liveness=http://0\.0\.0\.0:\d+",
+                f"--liveness=http://127.0.0.1:{liveness_port}",
+                a,
+            )
+            for a in op_argv
+        ]
+        op_env["DEEPAGENT_METRICS_PORT"] = "0"
+        op_env["KUBECONFIG"] = _sa_kubeconfig(
+            k8s_cluster, tmp_path, op_ns, op_pod["serviceAccountName"]
+        )
+        operator = ManagedProcess(
+            "operator", [_venv_bin(op_argv[0]), *op_argv[1:]], tmp_path, env=op_env
+        )
+        operator.start()
+        started.append(operator)
+        operator.wait_until(
+            lambda: _http_status(f"http://127.0.0.1:{liveness_port}/healthz") == 200, 60
+        )
+
+        # 2. kubectl apply a DeepAgent with Managed Redis; wait until Ready.
+        agent = {
+            "apiVersion": "deepagent.dev/v1alpha1",
+            "kind": "DeepAgent",
+            "metadata": {"name": AGENT, "namespace": ns},
+            "spec": {
+                "graph": GRAPH,
+                "replicas": 1,
+                "taskQueue": task_queue,
+                "temporal": {"address": temporal_server.address, "namespace": "default"},
+                "streaming": {"tokens": True, "redis": {"mode": "Managed"}},
+            },
+        }
+        k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(agent))
+        k8s_cluster.kubectl(
+            "wait", "-n", ns, "--for=condition=Ready", f"deepagent/{AGENT}", "--timeout=120s"
+        )
+
+        # 3. Redis, from the operator's StatefulSet (its password from the operator's Secret).
+        sts = _get_json(k8s_cluster, "statefulset", f"{AGENT}-redis", "-n", ns)
+        [redis_container] = sts["spec"]["template"]["spec"]["containers"]
+        redis_env = container_env(redis_container, _look_up(k8s_cluster, ns))
+        redis_argv = container_argv(redis_container, redis_env)
+        assert redis_argv[0] == "redis-server" and "--requirepass" in redis_argv
+        for mount in redis_container["volumeMounts"]:  # volumes: a local directory each
+            volume_dir = tmp_path / mount["name"]
+            volume_dir.mkdir()
+            redis_argv = [str(volume_dir) if a == mount["mountPath"] else a for a in redis_argv]
+        redis_port = free_port()
+        redis = ManagedProcess(
+            "redis", [*redis_argv, "--port", str(redis_port), "--bind", "127.0.0.1"], tmp_path
+        )
+        redis.start()
+        started.append(redis)
+        redis.wait_until(lambda: port_open(redis_port), 30)
+
+        # 4. The worker, from the operator's Deployment.
+        deploy = _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)
+        [worker_container] = deploy["spec"]["template"]["spec"]["containers"]
+        worker_env = container_env(worker_container, _look_up(k8s_cluster, ns))
+        service = _get_json(k8s_cluster, "service", f"{AGENT}-redis", "-n", ns)
+        service_port = service["spec"]["ports"][0]["port"]
+        in_cluster = f"{AGENT}-redis.{ns}.svc:{service_port}"
+        assert in_cluster in worker_env["REDIS_URL"]
+        worker_env["REDIS_URL"] = worker_env["REDIS_URL"].replace(
+            in_cluster, f"127.0.0.1:{redis_port}"
+        )
+        assert worker_env["DEEPAGENT_GRAPH"] == GRAPH
+        assert worker_env["TEMPORAL_TASK_QUEUE"] == task_queue
+        assert worker_env["TEMPORAL_ADDRESS"] == temporal_server.address
+        health_port = free_port()
+        worker_env["DEEPAGENT_HEALTH_PORT"] = str(health_port)
+        worker_env["DEEPAGENT_HEALTH_HOST"] = "127.0.0.1"
+        worker_argv = container_argv(
+            worker_container,
+            worker_env,
+            _dockerfile(ROOT / "runtime/Dockerfile", "ENTRYPOINT"),
+            _dockerfile(ROOT / "runtime/Dockerfile", "CMD"),
+        )
+        assert worker_argv == ["deepagent-temporal", "worker"]
+        worker = ManagedProcess(
+            "worker", [_venv_bin(worker_argv[0]), *worker_argv[1:]], tmp_path, env=worker_env
+        )
+        worker.start()
+        started.append(worker)
+        worker.wait_until(lambda: _http_status(f"http://127.0.0.1:{health_port}/readyz") == 200, 90)
+
+        # 5. A client streams an answer; Redis is killed in the middle of it.
+        answer = _stream_while_killing_redis(
+            temporal_server.address, task_queue, worker_env["REDIS_URL"], redis
+        )
+        assert SCRIPT[0]["content"] in answer
+        assert SCRIPT[-1] in answer, f"tokens lost or repeated across failover:\n{answer}"
+        assert answer.count(SCRIPT[-1]) == 1
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics").read().decode()
+        assert re.search(r"^deepagent_stream_failovers_total\{[^}]*\} [1-9]", metrics, re.M), (
+            metrics
+        )
+
+        # 6. Delete the DeepAgent: every child is garbage-collected.
+        k8s_cluster.kubectl("delete", "deepagent", AGENT, "-n", ns, "--wait=true")
+        children = [
+            ("deployment", f"{AGENT}-worker"),
+            ("statefulset", f"{AGENT}-redis"),
+            ("service", f"{AGENT}-redis"),
+            ("secret", f"{AGENT}-redis-auth"),
+            ("networkpolicy", f"{AGENT}-redis"),
+        ]
+
+        def all_gone() -> bool:
+            return all(
+                k8s_cluster.kubectl("get", kind, name, "-n", ns, check=False).returncode != 0
+                for kind, name in children
+            )
+
+        _wait_for(
+            all_gone, "the DeepAgent's children to be garbage-collected", logs=operator.log_tail
+        )
+    finally:
+        for process in reversed(started):
+            process.stop()
+        k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
+
+
+def _venv_bin(name: str) -> str:
+    """The console script the image puts on PATH, from this interpreter's environment."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _stream_while_killing_redis(
+    address: str, task_queue: str, redis_url: str, redis: ManagedProcess
+) -> str:
+    client = subprocess.Popen(
+        [
+            _venv_bin("deepagent-temporal"),
+            "run", "--address", address, "--task-queue", task_queue,
+            "--redis-url", redis_url, "What is durable execution?",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")},
+    )  # fmt: skip
+    received = b""
+    deadline = time.monotonic() + 120
+    try:
+        # Kill Redis once the answer (the second model call) has started to stream.
+        while b"Durable execution means" not in received:
+            assert time.monotonic() < deadline, received.decode()
+            chunk = os.read(client.stdout.fileno(), 64)
+            assert chunk, f"client ended before the answer streamed: {received.decode()}"
+            received += chunk
+        redis.stop(grace=1.0, sig=signal.SIGKILL)
+        rest, errors = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, errors.decode()
+    return (received + rest).decode()
