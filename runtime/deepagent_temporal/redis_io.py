@@ -1,139 +1,85 @@
-"""A minimal asyncio Redis (RESP2) connection for the token streaming hot path.
+"""One redis-py connection for the token stream: pipelined commands, raw replies.
 
-Why not redis-py here: its asyncio client adds ~100+ us per round trip (pool locks,
-per-read timeouts, response callbacks); the token path needs a few tens. This module does
-only what the stream writer and subscriber need: connect (AUTH / SELECT / TLS from a
-``redis://`` or ``rediss://`` URL), send pipelined commands, parse replies. Timeouts are
-applied by the caller; any error means "close this connection and make a new one".
+The stream writer keeps one pipeline in flight on a single connection and each subscriber
+blocks in ``XREAD`` on its own; neither wants a pool, retries, response callbacks or
+per-read timeouts. So this wraps one ``redis.asyncio`` connection from redis-py's
+low-level API: redis-py speaks the protocol and handles the URL (AUTH, username, SELECT,
+``rediss://`` TLS, TCP_NODELAY); replies come back as RESP2 values (bytes, ints, lists).
+Timeouts are the caller's (``streaming._io_with_timeout``); after any error the caller
+closes the connection and opens a new one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl as _ssl
 from typing import Any
-from urllib.parse import unquote, urlparse
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+Command = tuple[Any, ...]
 
 
-class RespError(Exception):
-    """An error reply from Redis (``-ERR ...``)."""
-
-
-def _encode_arg(a: Any) -> bytes:
-    if isinstance(a, bytes):
-        return a
-    if isinstance(a, str):
-        return a.encode()
-    if isinstance(a, int | float):
-        return str(a).encode()
-    return str(a).encode()
-
-
-def pack_commands(commands: list[tuple[Any, ...]]) -> bytes:
-    parts: list[bytes] = []
-    for cmd in commands:
-        parts.append(b"*%d\r\n" % len(cmd))
-        for a in cmd:
-            b = _encode_arg(a)
-            parts.append(b"$%d\r\n" % len(b))
-            parts.append(b)
-            parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-class RespConnection:
+class RedisConnection:
     """One connection; not safe for concurrent commands (one user at a time)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.closed = False
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: AbstractConnection) -> None:
+        self._conn = conn
 
     @classmethod
-    async def connect(cls, url: str, *, client_name: str | None = None) -> RespConnection:
-        u = urlparse(url)
-        if u.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme: {u.scheme!r}")
-        host = u.hostname or "localhost"
-        port = u.port or 6379
-        ssl_ctx = _ssl.create_default_context() if u.scheme == "rediss" else None
-        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_ctx, limit=2**22)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            import socket
-
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = cls(reader, writer)
+    async def open(cls, url: str, *, client_name: str | None = None) -> RedisConnection:
+        """Connect (and authenticate / select the database) from a ``redis://`` URL."""
+        conn = ConnectionPool.from_url(
+            url,
+            client_name=client_name,
+            protocol=2,  # raw replies in one shape (RESP3 would turn XREAD into a map)
+            socket_timeout=None,  # the caller bounds every operation
+        ).make_connection()
         try:
-            setup: list[tuple[Any, ...]] = []
-            password = unquote(u.password) if u.password else None
-            username = unquote(u.username) if u.username else None
-            if password is not None:
-                setup.append(("AUTH", username, password) if username else ("AUTH", password))
-            db = (u.path or "/").lstrip("/")
-            if db and db != "0":
-                setup.append(("SELECT", int(db)))
-            if client_name:
-                setup.append(("CLIENT", "SETNAME", client_name))
-            if setup:
-                await conn.pipeline(setup)
+            await conn.connect()
         except BaseException:
-            conn.close()
+            await conn.disconnect(nowait=True)
             raise
-        return conn
+        return cls(conn)
 
-    def send(self, commands: list[tuple[Any, ...]]) -> None:
-        """Write commands (one pipelined write, non-blocking); read with ``read_replies``."""
-        self.writer.write(pack_commands(commands))
+    @property
+    def connected(self) -> bool:
+        return self._conn.is_connected
+
+    async def send(self, commands: list[Command]) -> None:
+        """Write commands in one pipelined write; read their replies with ``read_replies``."""
+        if not self._conn.is_connected:  # redis-py would reconnect silently: the caller decides
+            raise RedisConnectionError("Redis connection is closed")
+        await self._conn.send_packed_command(self._conn.pack_commands(commands), check_health=False)
 
     async def read_replies(self, n: int) -> list[Any]:
         """Read n replies; raise the first error reply after reading them all."""
-        replies = [await self.read_reply() for _ in range(n)]
-        for r in replies:
-            if isinstance(r, RespError):
-                raise r
+        replies: list[Any] = []
+        error: ResponseError | None = None
+        for _ in range(n):
+            try:
+                replies.append(await self._conn.read_response())
+            except ResponseError as exc:
+                error = error or exc
+                replies.append(exc)
+        if error is not None:
+            raise error
         return replies
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def pipeline(self, commands: list[Command]) -> list[Any]:
         """Send all commands in one write; return their replies (raise the first error)."""
-        self.send(commands)
+        await self.send(commands)
         return await self.read_replies(len(commands))
 
     async def command(self, *args: Any) -> Any:
         return (await self.pipeline([args]))[0]
 
-    async def read_reply(self) -> Any:
-        line = await self.reader.readuntil(b"\r\n")
-        t = line[:1]
-        rest = line[1:-2]
-        if t == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = await self.reader.readexactly(n + 2)
-            return data[:-2]
-        if t == b"*":
-            n = int(rest)
-            if n < 0:
-                return None
-            return [await self.read_reply() for _ in range(n)]
-        if t == b":":
-            return int(rest)
-        if t == b"+":
-            return rest
-        if t == b"-":
-            return RespError(rest.decode(errors="replace"))
-        if t == b"":
-            raise ConnectionError("Redis closed the connection")
-        raise ConnectionError(f"unexpected RESP reply: {line[:40]!r}")
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(Exception):
-                self.writer.close()
+    async def close(self) -> None:
+        """Close the socket now (never waits for the server)."""
+        await self._conn.disconnect(nowait=True)
 
 
-__all__ = ["RespConnection", "RespError", "pack_commands"]
+__all__ = ["RedisConnection"]

@@ -66,7 +66,8 @@ Event dicts: see ``TokenEvent`` (ARCHITECTURE.md). Extra keys: ``task_id`` (rese
 ``nostream`` (e.g. SummarizationMiddleware's summary call; clients may hide them), ``replay``
 on events re-sent through Phase 1 after a Redis failure (the merger strips it).
 Wire format: ``XADD key MAXLEN ~ N * e <json>`` (one event) or ``b <json list>`` (several
-events queued together); Redis I/O uses the small RESP client in ``resp.py``.
+events queued together); Redis I/O is redis-py's asyncio connection, used directly
+(``redis_io.RedisConnection``: one pipeline per write, no pool).
 Metrics: ``deepagent_temporal.metrics``. Benchmarks: ``bench/bench_streaming.py`` (``Row``,
 ``percentiles``, ``format_table``, ``median_of``, ``redis_url_for_bench`` are reusable).
 """
@@ -91,7 +92,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from deepagent_temporal import metrics
-from deepagent_temporal.resp import RespConnection
+from deepagent_temporal.redis_io import RedisConnection
 
 try:  # orjson is a dependency of langgraph-sdk / langsmith; json is the fallback
     import orjson
@@ -724,16 +725,6 @@ class _WriteItem:
     call: Any  # _Call, or an asyncio.Future for direct publishes
 
 
-@dataclass(slots=True)
-class _Inflight:
-    items: list[_WriteItem]
-    n_replies: int
-    expire_keys: list[str]
-    started: float  # monotonic
-    t0: float  # perf_counter
-    conn: RespConnection
-
-
 class RedisUnavailable(ConnectionError):
     """Redis could not be written (circuit open, timeout or connection error)."""
 
@@ -776,13 +767,11 @@ class RedisStreamBackend:
         self.replay_max_events = replay_max_events
         self._replay_total = 0
         self.max_events_per_entry = max_events_per_entry
-        self._conn: RespConnection | None = None
+        self._conn: RedisConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expired: dict[str, float] = {}  # key -> monotonic time of the last EXPIRE
         self.expire_refresh_seconds = min(1.0, ttl_seconds / 10)
         self._queue: list[_WriteItem] = []
-        self._inflight: _Inflight | None = None
-        self._writer_idle = False
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._probe: asyncio.Task | None = None
@@ -823,31 +812,30 @@ class RedisStreamBackend:
 
     # -- connection ------------------------------------------------------------------
 
-    async def _connect(self) -> RespConnection:
+    async def _connect(self, client_name: str) -> RedisConnection:
         return await _io_with_timeout(
-            RespConnection.connect(self.redis_url), self.connect_timeout
+            RedisConnection.open(self.redis_url, client_name=client_name), self.connect_timeout
         )
 
-    async def _writer_conn(self) -> RespConnection:
+    async def _writer_conn(self) -> RedisConnection:
         conn = self._conn
-        if conn is None or conn.closed:
-            conn = self._conn = await self._connect()
+        if conn is None or not conn.connected:
+            conn = self._conn = await self._connect("deepagent-stream-writer")
             self._expired.clear()  # a new connection may be a new (empty) server
         return conn
 
-    def _drop_conn(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+    async def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
         self._expired.clear()
+        if conn is not None:
+            await conn.close()
 
     def _ensure_writer(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            # first use, or a new event loop (tests): fresh connection and writer
+            # first use, or a new event loop (tests): fresh connection and writer (the
+            # old writer closed its connection when its loop cancelled it)
             self._conn = None
-            self._inflight = None
-            self._writer_idle = False
             self._loop = loop
             self._wakeup = asyncio.Event()
             self._writer = None
@@ -883,10 +871,10 @@ class RedisStreamBackend:
             if c.state == "closed":
                 return
             c.state = "half_open"
-            conn: RespConnection | None = None
+            conn: RedisConnection | None = None
             try:
-                conn = await self._connect()
-                await _io_with_timeout(conn.command("PING"), self.op_timeout)
+                conn = await self._connect("deepagent-stream-probe")
+                await _io_with_timeout(conn.command(b"PING"), self.op_timeout)
             except asyncio.CancelledError:
                 c.state = "open"
                 raise
@@ -896,23 +884,23 @@ class RedisStreamBackend:
                 continue
             finally:
                 if conn is not None:
-                    conn.close()
-            self._drop_conn()  # the writer reconnects (its old connection is dead)
+                    await conn.close()
+            await self._drop_conn()  # the writer reconnects (its old connection is dead)
             c.record_success()
 
     async def ping(self) -> bool:
         """One PING on a fresh connection, within the bounded timeouts."""
         try:
-            conn = await self._connect()
+            conn = await self._connect("deepagent-stream-ping")
         except Exception:  # noqa: BLE001
             return False
         try:
-            await _io_with_timeout(conn.command("PING"), self.op_timeout)
+            await _io_with_timeout(conn.command(b"PING"), self.op_timeout)
             return True
         except Exception:  # noqa: BLE001
             return False
         finally:
-            conn.close()
+            await conn.close()
 
     # -- publishing ------------------------------------------------------------------
 
@@ -933,19 +921,6 @@ class RedisStreamBackend:
         self._queue.append(
             _WriteItem(self.stream_key(workflow_id, run_id), data, event.get("type") == "token", owner, call)
         )
-        conn = self._conn
-        if (
-            self._writer_idle
-            and self._inflight is None
-            and conn is not None
-            and not conn.closed
-            and self.circuit.state == "closed"
-        ):
-            items, self._queue = self._queue, []
-            try:
-                self._send(conn, items)  # straight to the socket: no wait for the writer task
-            except Exception:  # noqa: BLE001 - the writer retries them
-                self._queue = items + self._queue
         assert self._wakeup is not None
         self._wakeup.set()
 
@@ -995,50 +970,65 @@ class RedisStreamBackend:
     async def _write_loop(self) -> None:
         """Single writer: one pipeline in flight; what queues meanwhile rides the next one.
 
-        When the writer is idle and connected, ``enqueue`` sends the pipeline itself
-        (``_send``: a non-blocking socket write, no task switch), and this loop only
-        reads the replies.
+        The writer owns the connection: it closes it when it ends (``aclose``, or its
+        event loop shutting down).
         """
         assert self._wakeup is not None
         wakeup = self._wakeup
-        if self.circuit.allow():
-            with contextlib.suppress(Exception):  # connect early; a failure counts on write
-                await self._writer_conn()
-        while True:
-            if self._inflight is None and not self._queue:
-                wakeup.clear()
-                self._writer_idle = True
-                try:
+        try:
+            if self.circuit.allow():
+                with contextlib.suppress(Exception):  # connect early; a failure counts on write
+                    await self._writer_conn()
+            while True:
+                if not self._queue:
+                    wakeup.clear()
                     await wakeup.wait()
-                finally:
-                    self._writer_idle = False
-            if self._inflight is None:
                 items, self._queue = self._queue, []
                 if not items:
                     continue
                 if not self.circuit.allow():
                     self._settle(items, ok=False)
                     continue
-                try:
-                    conn = self._conn
-                    if conn is None or conn.closed:
-                        conn = await self._writer_conn()
-                    self._send(conn, items)
-                except asyncio.CancelledError:
-                    self._settle(items, ok=False)
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    self._write_failed(items, exc)
-                    continue
-            await self._complete_inflight()
+                await self._write(items)
+        finally:
+            await self._drop_conn()
 
-    def _send(self, conn: RespConnection, items: list[_WriteItem]) -> None:
+    async def _write(self, items: list[_WriteItem]) -> None:
+        """One pipeline (XADDs and EXPIREs for ``items``), settled ok or failed."""
+        try:
+            conn = self._conn
+            if conn is None or not conn.connected:
+                conn = await self._writer_conn()
+            started = time.monotonic()
+            commands, expire_keys = self._commands(items, started)
+            t0 = time.perf_counter()
+            await _io_with_timeout(conn.pipeline(commands), self.op_timeout)
+        except asyncio.CancelledError:
+            self._settle(items, ok=False)
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await self._write_failed(items, exc)
+            return
+        for key in expire_keys:
+            self._expired[key] = started
+        if len(self._expired) > 10000:
+            self._expired.clear()
+        metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - t0)
+        metrics.REDIS_PIPELINE_EVENTS.observe(len(items))
+        self.writes += 1
+        self.events_written += len(items)
+        n_tokens = sum(1 for it in items if it.is_token)
+        if n_tokens:
+            _TOKENS_REDIS.inc(n_tokens)
+        self._settle(items, ok=True)
+
+    def _commands(self, items: list[_WriteItem], now: float) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The pipeline for ``items`` and the keys it refreshes the TTL of."""
         by_key: dict[str, list[bytes]] = {}
         for it in items:
             by_key.setdefault(it.key, []).append(it.data)
         commands: list[tuple[Any, ...]] = []
         step = self.max_events_per_entry
-        now = time.monotonic()
         expire_keys = []
         for key, evs in by_key.items():
             for i in range(0, len(evs), step):
@@ -1052,45 +1042,16 @@ class RedisStreamBackend:
             if last is None or now - last >= self.expire_refresh_seconds:
                 commands.append((b"EXPIRE", key, self.ttl_seconds))
                 expire_keys.append(key)
-        conn.send(commands)
-        self._inflight = _Inflight(items, len(commands), expire_keys, now, time.perf_counter(), conn)
+        return commands, expire_keys
 
-    async def _complete_inflight(self) -> None:
-        inf = self._inflight
-        assert inf is not None
-        try:
-            await _io_with_timeout(inf.conn.read_replies(inf.n_replies), self.op_timeout)
-        except asyncio.CancelledError:
-            self._inflight = None
-            self._drop_conn()
-            self._settle(inf.items, ok=False)
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self._inflight = None
-            self._write_failed(inf.items, exc)
-            return
-        self._inflight = None
-        for key in inf.expire_keys:
-            self._expired[key] = inf.started
-        if len(self._expired) > 10000:
-            self._expired.clear()
-        metrics.REDIS_PUBLISH_LATENCY.observe(time.perf_counter() - inf.t0)
-        metrics.REDIS_PIPELINE_EVENTS.observe(len(inf.items))
-        self.writes += 1
-        self.events_written += len(inf.items)
-        n_tokens = sum(1 for it in inf.items if it.is_token)
-        if n_tokens:
-            _TOKENS_REDIS.inc(n_tokens)
-        self._settle(inf.items, ok=True)
-
-    def _write_failed(self, items: list[_WriteItem], exc: BaseException) -> None:
+    async def _write_failed(self, items: list[_WriteItem], exc: BaseException) -> None:
         metrics.REDIS_ERRORS.labels(op="xadd").inc()
         if self.circuit.state == "closed":
             logger.warning("Redis stream write failed (%r): circuit opens", exc)
-        self._drop_conn()
         self.circuit.record_failure()
         self._settle(items, ok=False)
         self._ensure_prober()
+        await self._drop_conn()
 
     def _settle(self, items: list[_WriteItem], ok: bool) -> None:
         # group consecutive items of one owner/call: one callback per group
@@ -1226,13 +1187,13 @@ class RedisStreamBackend:
             key = self.stream_key(*run).encode()
             run_of[key] = (run[0], run[1])
             cursors[key] = (last_ids or {}).get(run, "0-0")
-        conn: RespConnection | None = None
+        conn: RedisConnection | None = None
         backoff = 0.05
         try:
             while cursors:
                 try:
-                    if conn is None or conn.closed:
-                        conn = await self._connect()
+                    if conn is None or not conn.connected:
+                        conn = await self._connect("deepagent-stream-subscriber")
                     keys = list(cursors)
                     async with asyncio.timeout(block_ms / 1000 + max(self.op_timeout, 1.0)):
                         resp = await conn.command(
@@ -1245,13 +1206,15 @@ class RedisStreamBackend:
                 except Exception as exc:  # noqa: BLE001 - reconnect on any I/O problem
                     logger.debug("subscriber reconnecting after %r", exc)
                     if conn is not None:
-                        conn.close()
+                        await conn.close()
                         conn = None
                     await asyncio.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, max_backoff)
                     continue
                 if not resp:
                     continue
+                if isinstance(resp, dict):  # RESP3 (a ?protocol=3 URL) replies with a map
+                    resp = resp.items()
                 for key, entries in resp:
                     run = run_of[key]
                     for entry_id, fields in entries:
@@ -1268,18 +1231,18 @@ class RedisStreamBackend:
                             break
         finally:
             if conn is not None:
-                conn.close()
+                await conn.close()
 
     async def read_all(self, workflow_id: str, run_id: str) -> list[dict[str, Any]]:
         """All events currently in a run's stream (XRANGE), for tests and tools."""
-        conn = await self._connect()
+        conn = await self._connect("deepagent-stream-reader")
         try:
             entries = await _io_with_timeout(
                 conn.command(b"XRANGE", self.stream_key(workflow_id, run_id), b"-", b"+"),
                 max(self.op_timeout, 5.0),
             )
         finally:
-            conn.close()
+            await conn.close()
         out = []
         for entry_id, fields in entries or []:
             for ev in _decode_fields(fields):
@@ -1293,7 +1256,7 @@ class RedisStreamBackend:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        self._drop_conn()
+        await self._drop_conn()
         self._loop = None
         self._writer = None
         self._probe = None

@@ -1,4 +1,8 @@
-"""Transport pieces that need no Redis: circuit breaker, replay window, timeouts, RESP."""
+"""Transport pieces that need no Redis: circuit breaker, replay window, timeouts.
+
+The Redis connection layer (``redis_io``) is tested against a real redis-server in
+``tests/integration/test_redis_transport_connection.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import asyncio
 import time
 
 import pytest
-from deepagent_temporal.resp import RespConnection, RespError, pack_commands
 from deepagent_temporal.streaming import (
     CircuitBreaker,
     RedisStreamBackend,
@@ -94,31 +97,6 @@ async def test_io_timeout_tolerates_a_starved_loop():
     hog_task = asyncio.create_task(hog())
     assert await _io_with_timeout(reply_soon(), 0.1) == "ok"
     await hog_task
-
-
-def test_pack_commands():
-    assert pack_commands([("SET", "k", 1)]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n"
-
-
-async def test_resp_parser_against_a_scripted_server():
-    replies = b"+OK\r\n:42\r\n$5\r\nhello\r\n$-1\r\n*2\r\n*1\r\n$1\r\na\r\n*0\r\n-ERR nope\r\n"
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1)
-        writer.write(replies)
-        await writer.drain()
-        await reader.read()  # until the client closes
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        conn = await RespConnection.connect(f"redis://127.0.0.1:{port}/0")
-        conn.writer.write(b"x")
-        got = [await conn.read_reply() for _ in range(6)]
-        conn.close()
-    assert got[:5] == [b"OK", 42, b"hello", None, [[b"a"], []]]
-    assert isinstance(got[5], RespError) and "nope" in str(got[5])
 
 
 def test_from_env():
