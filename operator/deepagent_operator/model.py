@@ -159,7 +159,7 @@ class TemporalSpec(_Model):
     api_key_secret_ref: SecretKeySelector | None = Field(
         default=None, description="Secret key holding TEMPORAL_API_KEY (e.g. Temporal Cloud)."
     )
-    tls: TemporalTLS | None = None
+    tls: TemporalTLS | None = Field(default=None, description="mTLS client certificate.")
 
 
 RedisMode = Literal["Managed", "External", "Disabled"]
@@ -212,8 +212,14 @@ class RedisSpec(_Model):
     image: str | None = Field(
         default=None, min_length=1, description="Managed Redis image (default: the operator's)."
     )
-    storage: RedisStorage = Field(default_factory=RedisStorage, json_schema_extra={"default": {}})
-    resources: ResourceRequirements | None = None
+    storage: RedisStorage = Field(
+        default_factory=RedisStorage,
+        description="Managed Redis storage.",
+        json_schema_extra={"default": {}},
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU/memory of the Managed Redis pod."
+    )
 
     @model_validator(mode="after")
     def _mode_and_url(self) -> RedisSpec:
@@ -256,10 +262,14 @@ class AutoscalingSpec(_Model):
         }
     )
 
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(ge=1, le=1000)
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="HPA minReplicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="HPA maxReplicas.")
     target_cpu_utilization_percentage: int = Field(
-        default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+        default=80,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU utilization the HPA aims at.",
     )
 
     @model_validator(mode="after")
@@ -297,8 +307,12 @@ class DeepAgentSpec(_Model):
         max_length=1024,
         description="Worker image. Default: the operator's runtime image.",
     )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=16)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of the worker image."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, max_length=16, description="Secrets for pulling the worker image."
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -312,29 +326,59 @@ class DeepAgentSpec(_Model):
         pattern=TASK_QUEUE_PATTERN,
         description="Temporal task queue. Default: metadata.name.",
     )
-    temporal: TemporalSpec = Field(default_factory=TemporalSpec, json_schema_extra={"default": {}})
-    streaming: StreamingSpec = Field(
-        default_factory=StreamingSpec, json_schema_extra={"default": {}}
+    temporal: TemporalSpec = Field(
+        default_factory=TemporalSpec,
+        description="Temporal connection (TEMPORAL_* variables).",
+        json_schema_extra={"default": {}},
     )
-    env: list[EnvVar] | None = Field(default=None, max_length=256)
-    env_from: list[EnvFromSource] | None = Field(default=None, max_length=64)
-    resources: ResourceRequirements | None = None
-    node_selector: dict[str, str] | None = None
+    streaming: StreamingSpec = Field(
+        default_factory=StreamingSpec,
+        description="Token streaming: Phase 1 through Temporal, Phase 2 through Redis.",
+        json_schema_extra={"default": {}},
+    )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=256,
+        description="Extra environment of the workers (after the operator's own variables). "
+        "Referenced Secrets/ConfigMaps are hashed: changing them rolls the workers.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        default=None,
+        max_length=64,
+        description="Secrets/ConfigMaps exported as environment (e.g. model API keys).",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU/memory requests and limits of each worker."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the worker pods must match."
+    )
     tolerations: list[dict[str, Any]] | None = Field(
         default=None,
         max_length=64,
+        description="Tolerations of the worker pods (core/v1 Toleration).",
         json_schema_extra={
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
         },
     )
     affinity: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        default=None,
+        description="Affinity of the worker pods (core/v1 Affinity).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     service_account_name: str | None = Field(
-        default=None, min_length=1, max_length=253, pattern=NAME_PATTERN
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=NAME_PATTERN,
+        description="ServiceAccount of the worker pods (default: none, no API token mounted).",
     )
-    pod_annotations: dict[str, str] | None = None
-    pod_labels: dict[str, str] | None = None
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Extra annotations of the worker pods."
+    )
+    pod_labels: dict[str, str] | None = Field(
+        default=None, description="Extra labels of the worker pods."
+    )
     health_port: int = Field(
         default=8080, ge=1, le=65535, description="DEEPAGENT_HEALTH_PORT (/healthz, /readyz)."
     )

@@ -243,3 +243,18 @@ def test_kubectl_apply_shows_the_field(k8s_cluster, crd_ns):
     )
     assert proc.returncode != 0
     assert "replicaz" in proc.stderr
+
+
+def test_kubectl_explain_documents_the_fields(k8s_cluster, crd_ns):
+    def explain(path: str) -> str:
+        # discovery can lag right after the CRD is installed
+        for _ in range(20):
+            proc = k8s_cluster.kubectl("explain", path, check=False)
+            if proc.returncode == 0:
+                return proc.stdout
+            time.sleep(0.5)
+        raise AssertionError(proc.stderr)
+
+    assert "package.module:attribute" in explain("deepagent.spec.graph")
+    assert "Managed" in explain("deepagent.spec.streaming.redis.mode")
+    assert "host:port" in explain("deepagent.spec.temporal.address")
