@@ -529,7 +529,7 @@ class Reconciler:
         """Drop in-memory state of a deleted DeepAgent."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
-        for key in [k for k in self._written if k[:2] == (namespace, name)]:
+        for key in [k for k in list(self._written) if k[:2] == (namespace, name)]:
             self._written.pop(key, None)
 
     # -- child events ---------------------------------------------------------------
