@@ -1,0 +1,202 @@
+"""Reconciler logic on an in-memory object store (fast; tests/k8s runs it against a real API).
+
+The store only keeps objects and resourceVersions; it stands in for the API server the
+way a dict stands in for a database, to check which writes the reconciler decides to make.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+from typing import Any
+
+import pytest
+from deepagent_operator.children import SpecError
+from deepagent_operator.config import OperatorConfig
+from deepagent_operator.kube import ApiError
+from deepagent_operator.reconcile import Reconciler
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, str]] = []
+        self._rv = itertools.count(1)
+
+    def _key(self, obj):
+        return (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+    def get(self, kind, ns, name):
+        obj = self.objects.get((kind, ns, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list(self, kind, ns=None, label_selector=None):
+        return [copy.deepcopy(o) for (k, n, _), o in self.objects.items() if k == kind]
+
+    def apply(self, obj):
+        key = self._key(obj)
+        cur = self.objects.get(key)
+        new = copy.deepcopy(obj)
+        new["metadata"]["resourceVersion"] = str(next(self._rv))
+        new["metadata"]["generation"] = (cur or {}).get("metadata", {}).get("generation", 0) + 1
+        new["status"] = (cur or {}).get("status", {})
+        self.objects[key] = new
+        self.writes.append(("apply", *key))
+        return copy.deepcopy(new)
+
+    def create(self, obj):
+        key = self._key(obj)
+        if key in self.objects:
+            return None
+        self.writes.append(("create", *key))
+        new = copy.deepcopy(obj)
+        new["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    def delete(self, kind, ns, name):
+        self.writes.append(("delete", kind, ns, name))
+        return self.objects.pop((kind, ns, name), None) is not None
+
+    def patch_status(self, kind, ns, name, patch):
+        obj = self.objects.get((kind, ns, name))
+        if obj is None:
+            raise ApiError(404, {"message": "not found"}, "PATCH", name)
+        status = obj.setdefault("status", {})
+        for k, v in patch.items():
+            if v is None:
+                status.pop(k, None)
+            elif isinstance(v, dict) and isinstance(status.get(k), dict):
+                status[k] = {**status[k], **v}
+                status[k] = {kk: vv for kk, vv in status[k].items() if vv is not None}
+            else:
+                status[k] = v
+        self.writes.append(("status", kind, ns, name))
+        return copy.deepcopy(obj)
+
+    def child_writes(self):
+        return [w for w in self.writes if w[0] != "status"]
+
+
+def agent(spec, name="coder", ns="agents"):
+    return {
+        "apiVersion": "deepagent.dev/v1alpha1",
+        "kind": "DeepAgent",
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+SPEC = {
+    "graph": "pkg.mod:agent",
+    "image": "img:1",
+    "temporal": {"address": "temporal:7233"},
+    "envFrom": [{"secretRef": {"name": "keys"}}],
+    "streaming": {"redis": {"mode": "Managed"}},
+}
+
+
+@pytest.fixture
+def world():
+    store = MemoryStore()
+    store.create(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "keys", "namespace": "agents"},
+            "data": {"K": base64.b64encode(b"v1").decode()},
+        }
+    )
+    store.create(agent(SPEC))
+    store.writes.clear()
+    events: list[tuple[str, str, str]] = []
+    rec = Reconciler(
+        store,  # type: ignore[arg-type]
+        OperatorConfig(),
+        event=lambda body, t, reason, msg: events.append((t, reason, msg)),
+    )
+    return store, rec, events
+
+
+def test_first_reconcile_creates_then_second_writes_nothing(world):
+    store, rec, events = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    kinds = sorted(w[1] for w in store.child_writes())
+    assert kinds == ["Deployment", "NetworkPolicy", "Secret", "Service", "StatefulSet"]
+    assert {e[1] for e in events} >= {"Created", "PhasePending"}
+    store.writes.clear()
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"), thorough=True)
+    fresh = Reconciler(store, OperatorConfig(), event=lambda *a: None)  # "restarted" operator
+    fresh.reconcile(store.get("DeepAgent", "agents", "coder"), thorough=True)
+    assert store.writes == []
+
+
+def test_referenced_secret_change_rolls_once(world):
+    store, rec, _ = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    dep = store.get("Deployment", "agents", "coder-worker")
+    h1 = dep["spec"]["template"]["metadata"]["annotations"]["deepagent.dev/config-hash"]
+    store.objects[("Secret", "agents", "keys")]["data"]["K"] = base64.b64encode(b"v2").decode()
+    store.writes.clear()
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    assert [w[1] for w in store.child_writes()] == ["Deployment"]
+    dep = store.get("Deployment", "agents", "coder-worker")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["deepagent.dev/config-hash"] != h1
+
+
+def test_missing_secret_fails_without_children(world):
+    store, rec, events = world
+    store.delete("Secret", "agents", "keys")
+    store.writes.clear()
+    with pytest.raises(SpecError) as exc:
+        rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    assert exc.value.field == "spec.envFrom[0].secretRef.name"
+    assert store.child_writes() == []
+    status = store.get("DeepAgent", "agents", "coder")["status"]
+    assert status["phase"] == "Failed"
+    assert ("Warning", "SecretNotFound") in {(e[0], e[1]) for e in events}
+
+
+def test_disabling_redis_deletes_its_children_but_keeps_the_secret(world):
+    store, rec, _ = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    body = store.get("DeepAgent", "agents", "coder")
+    body["spec"]["streaming"]["redis"]["mode"] = "Disabled"
+    store.objects[("DeepAgent", "agents", "coder")] = body
+    store.writes.clear()
+    rec.reconcile(body)
+    deleted = sorted(w[1] for w in store.writes if w[0] == "delete")
+    assert deleted == ["NetworkPolicy", "Service", "StatefulSet"]
+    assert store.get("Secret", "agents", "coder-redis-auth") is not None
+    status = store.get("DeepAgent", "agents", "coder")["status"]
+    assert status["redis"] == {"mode": "Disabled", "status": "Disabled", "ready": False}
+
+
+def test_status_follows_children_and_is_written_only_on_change(world):
+    store, rec, _ = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    assert store.get("DeepAgent", "agents", "coder")["status"]["phase"] == "Pending"
+    dep = store.objects[("Deployment", "agents", "coder-worker")]
+    dep["status"] = {"observedGeneration": 1, "readyReplicas": 1, "availableReplicas": 1,
+                     "updatedReplicas": 1}  # fmt: skip
+    store.objects[("StatefulSet", "agents", "coder-redis")]["status"] = {"readyReplicas": 1}
+    assert rec.on_child_event("Deployment", "MODIFIED", dep) == "status"
+    assert store.get("DeepAgent", "agents", "coder")["status"]["phase"] == "Ready"
+    store.writes.clear()
+    assert rec.on_child_event("Deployment", "MODIFIED", dep) == "unchanged"
+    rec.refresh_status("agents", "coder")
+    assert store.writes == []
+
+
+def test_deleted_or_edited_child_is_restored(world):
+    store, rec, _ = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    svc = store.get("Service", "agents", "coder-redis")
+    store.delete("Service", "agents", "coder-redis")
+    assert rec.on_child_event("Service", "DELETED", svc) == "reconciled"
+    assert store.get("Service", "agents", "coder-redis") is not None
+    dep = store.objects[("Deployment", "agents", "coder-worker")]
+    dep["spec"]["replicas"] = 7
+    dep["metadata"]["generation"] += 1
+    assert rec.on_child_event("Deployment", "MODIFIED", copy.deepcopy(dep)) == "reconciled"
+    assert store.get("Deployment", "agents", "coder-worker")["spec"]["replicas"] == 1
