@@ -95,8 +95,9 @@ def _reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, logger: Any) -> Non
         reconciler.reconcile(body)
     except SpecError as err:
         delay = backoff(retry, reconciler.config)
-        logger.warning("%s (retrying in %.0fs)", err, delay)
-        raise kopf.TemporaryError(str(err), delay=delay) from None
+        # kopf logs (and posts as a Warning event) the TemporaryError; the condition and a
+        # Warning event with the field's reason were written by the reconciler.
+        raise kopf.TemporaryError(f"{err} (retrying in {delay:.0f}s)", delay=delay) from None
     except Exception as exc:  # API hiccups, conflicts: retry soon, never crash
         delay = min(backoff(retry, reconciler.config), 30.0)
         raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=delay) from exc
