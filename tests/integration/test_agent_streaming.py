@@ -18,7 +18,15 @@ pytestmark = pytest.mark.integration
 
 SHAPES = "deepagent_temporal.examples.shapes"
 GRAPHS = ",".join(
-    f"{SHAPES}:{n}" for n in ("deep_agent", "fanout", "flaky_agent", "failing", "subagent_agent")
+    f"{SHAPES}:{n}"
+    for n in (
+        "deep_agent",
+        "fanout",
+        "flaky_agent",
+        "failing",
+        "subagent_agent",
+        "summarizing_agent",
+    )
 )
 
 
@@ -199,6 +207,30 @@ async def test_nested_subagent_tokens_carry_namespace(
     assert "".join(e["token"] for e in nested) == tool_msg.content
     top = [e for e in events if e["type"] == "token" and not e.get("namespace")]
     assert top and {e["node"] for e in top} == {"model"}
+
+
+@pytest.mark.parametrize("transport", ["redis", "temporal"])
+async def test_create_agent_with_summarization_streams_every_call(
+    transport, temporal_client, redis_server, worker_redis, worker_p1
+):
+    worker = worker_redis if transport == "redis" else worker_p1
+    agent = _agent(
+        temporal_client,
+        worker,
+        "summarizing_agent",
+        redis_server.url if transport == "redis" else None,
+    )
+    config = _config()
+    events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
+    state = await agent.get_state(config)
+    summary = [e for e in events if e["type"] == "token" and e.get("nostream")]
+    assert summary and {e["node"] for e in summary} == {"SummarizationMiddleware.before_model"}
+    assert "".join(e["token"] for e in summary) == "Summary: the user asked for 2+3."
+    assert [e["index"] for e in summary] == list(range(len(summary)))
+    assert state.values["messages"][0].content.endswith("Summary: the user asked for 2+3.")
+    rest = [e for e in events if not e.get("nostream")]
+    check_guarantees(rest, state.values["messages"])
+    assert {e["source"] for e in events if e["type"] == "token"} == {transport}
 
 
 async def test_astream_ends_with_run_and_failed_run_raises(temporal_client, worker_p1):

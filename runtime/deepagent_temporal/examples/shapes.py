@@ -10,6 +10,8 @@ import operator
 from typing import Annotated, Any, TypedDict
 
 from deepagents import create_deep_agent
+from langchain.agents import create_agent
+from langchain.agents.middleware import SummarizationMiddleware
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -235,5 +237,21 @@ subagent_agent = create_deep_agent(
                 script=["Research finding: 2 plus 3 equals 5."], token_delay=0.002
             ),
         }
+    ],
+)
+
+# ------------------------------------------------ create_agent + summarization
+
+#: LangChain's ``create_agent`` with SummarizationMiddleware: one more (tagged
+#: ``nostream``) LLM call in its own node once the conversation is long enough
+summarizing_agent = create_agent(
+    model=ScriptedChatModel(script=DEEP_SCRIPT, token_delay=0.002),
+    tools=[add],
+    middleware=[
+        SummarizationMiddleware(
+            model=ScriptedChatModel(script=["Summary: the user asked for 2+3."]),
+            trigger=("messages", 3),
+            keep=("messages", 2),
+        )
     ],
 )
