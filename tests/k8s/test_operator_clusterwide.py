@@ -61,6 +61,14 @@ def test_all_namespaces_and_operator_defaults(k8s_cluster, tmp_path):
             assert env["TEMPORAL_TASK_QUEUE"] == "minimal"
             assert "REDIS_URL" not in env  # Disabled by default: Phase 1 only
             assert dep["spec"]["replicas"] == 1
+        # The operator is stopped now: no finalizer holds the DeepAgent, GC removes children.
+        ns = namespaces[0]
+        assert not kube.get("DeepAgent", ns, "minimal")["metadata"].get("finalizers")
+        k8s_cluster.kubectl("delete", "da", "minimal", "-n", ns, "--timeout=30s")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and kube.get("Deployment", ns, "minimal-worker"):
+            time.sleep(0.5)
+        assert kube.get("Deployment", ns, "minimal-worker") is None
     finally:
         for ns in namespaces:
             k8s_cluster.delete_namespace(ns)
