@@ -238,7 +238,9 @@ class TemporalDeepAgent:
         Ends when the run ends (or pauses at an interrupt); raises
         :class:`RunFailedError` when the run fails. With a list of modes, yields
         ``(mode, chunk)`` tuples. ``astream(Command(resume=v), config)`` resumes an
-        interrupted run and streams the rest of it.
+        interrupted run and streams the rest of it; ``astream(None, config)`` joins the
+        run in progress on the thread and streams it from its start (a late or
+        reconnecting client gets every token while the streams are retained).
         """
         modes = [stream_mode] if isinstance(stream_mode, str) else list(stream_mode)
         for mode in modes:
@@ -252,6 +254,10 @@ class TemporalDeepAgent:
             from_offset = await WorkflowStreamClient.create(self.client, handle.id).get_offset()
             await handle.signal("resume", input.resume)
             run_id = (await handle.describe()).run_id
+        elif input is None and (open_run := await self._open_run(config)) is not None:
+            # join a run in progress (another client started it): everything from its
+            # start, while its streams are retained
+            handle, run_id = open_run
         else:
             handle = await self.astart(
                 input,
@@ -263,6 +269,26 @@ class TemporalDeepAgent:
         async for item in self._stream_run(handle, run_id, modes, from_offset):
             mode, chunk = item
             yield (mode, chunk) if multi else chunk
+
+    async def _open_run(self, config: dict[str, Any] | None) -> tuple[WorkflowHandle, str] | None:
+        wid = self.workflow_id_for(config)
+        if wid is None:
+            return None
+        handle = self.client.get_workflow_handle(wid)
+        try:
+            desc = await handle.describe()
+        except RPCError:
+            return None
+        if desc.status is None or desc.status.name != "RUNNING":
+            return None
+        return self.client.get_workflow_handle(wid, run_id=desc.run_id), desc.run_id
+
+    async def ajoin(
+        self, config: dict[str, Any], *, stream_mode: str | list[str] = "tokens"
+    ) -> AsyncIterator[Any]:
+        """Stream the run in progress on ``config``'s thread from its start (late joiners)."""
+        async for item in self.astream(None, config, stream_mode=stream_mode):
+            yield item
 
     async def _stream_run(
         self, handle: WorkflowHandle, run_id: str | None, modes: list[str], from_offset: int

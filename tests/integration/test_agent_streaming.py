@@ -6,6 +6,7 @@ graphs' import paths with the worker.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 
@@ -231,6 +232,34 @@ async def test_create_agent_with_summarization_streams_every_call(
     rest = [e for e in events if not e.get("nostream")]
     check_guarantees(rest, state.values["messages"])
     assert {e["source"] for e in events if e["type"] == "token"} == {transport}
+
+
+@pytest.mark.parametrize("transport", ["redis", "temporal"])
+async def test_late_client_joins_and_gets_every_token_from_the_start(
+    transport, temporal_client, redis_server, worker_redis, worker_p1
+):
+    worker = worker_redis if transport == "redis" else worker_p1
+    redis_url = redis_server.url if transport == "redis" else None
+    first = _agent(temporal_client, worker, "fanout", redis_url)
+    late = _agent(temporal_client, worker, "fanout", redis_url)
+    config = _config()
+    first_events = []
+    joined = None
+    async for ev in first.astream(
+        {"topics": ["alpha", "beta"], "messages": []}, config, stream_mode="tokens"
+    ):
+        first_events.append(ev)
+        if joined is None and sum(e["type"] == "token" for e in first_events) == 30:
+            joined = asyncio.create_task(_collect(late, None, config))
+    late_events = await joined
+    state = await first.get_state(config)
+    check_guarantees(first_events, state.values["messages"])
+    check_guarantees(late_events, state.values["messages"])
+
+    def tokens(evs):
+        return [(e["message_id"], e["index"], e["token"]) for e in evs if e["type"] == "token"]
+
+    assert sorted(tokens(late_events)) == sorted(tokens(first_events))
 
 
 async def test_astream_ends_with_run_and_failed_run_raises(temporal_client, worker_p1):
