@@ -16,11 +16,13 @@ __all__ = [
     "load_graph",
     "data_converter",
     "RunFailedError",
+    "ThreadBusyError",
 ]
 
 _LAZY = {
     "TemporalDeepAgent": ("deepagent_temporal.agent", "TemporalDeepAgent"),
     "RunFailedError": ("deepagent_temporal.agent", "RunFailedError"),
+    "ThreadBusyError": ("deepagent_temporal.agent", "ThreadBusyError"),
     "RedisStreamBackend": ("deepagent_temporal.streaming", "RedisStreamBackend"),
     "TokenEvent": ("deepagent_temporal.streaming", "TokenEvent"),
     "TokenCapturingHandler": ("deepagent_temporal.streaming", "TokenCapturingHandler"),
