@@ -36,13 +36,6 @@ from kubernetes import client, config, watch  # noqa: E402
 APPLIES = int(os.environ.get("BENCH_OPERATOR_APPLIES", "20"))
 AGENTS = int(os.environ.get("BENCH_OPERATOR_AGENTS", "100"))
 CRD = ROOT / "crds" / "deepagent.yaml"
-KCM_TUNING = [
-    "--kube-api-qps=300",
-    "--kube-api-burst=600",
-    "--concurrent-deployment-syncs=20",
-    "--concurrent-replicaset-syncs=20",
-    "--concurrent-statefulset-syncs=20",
-]
 
 
 @contextmanager
@@ -56,23 +49,14 @@ def cluster():
         yield kubeconfig, kubectl, f"existing cluster ({kubeconfig})"
         return
 
-    class TunedControlPlane(harness.LocalControlPlane):
-        """kube-controller-manager's default client QPS (20) would pace 100 rollouts by
-        itself (ReplicaSet + Pod creations and status updates); raise it as a cluster that
-        runs hundreds of workloads would."""
-
-        def _start(self, name, argv):  # noqa: ANN001, ANN202
-            if name == "kube-controller-manager":
-                argv = [*argv, *KCM_TUNING]
-            return super()._start(name, argv)
-
-    plane = TunedControlPlane(harness._resolve_binaries(), kubectl)
+    plane = harness.LocalControlPlane(harness._resolve_binaries(), kubectl)
     try:
         plane.start()
         yield (
             str(plane.kubeconfig),
             kubectl,
-            "local kube-apiserver + kwok; kube-controller-manager " + " ".join(KCM_TUNING),
+            "local kube-apiserver + kwok; kube-controller-manager "
+            + " ".join(harness.CONTROLLER_MANAGER_TUNING),
         )
     finally:
         plane.stop()

@@ -44,6 +44,15 @@ BUILD_SCRIPT = REPO_ROOT / "tests" / "tools" / "build-k8s-binaries.sh"
 KWOK_STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
 
 SERVICE_CIDR = "10.96.0.0/16"
+# The default client QPS (20) alone would pace tests and benchmarks that roll out many
+# workloads at once; a cluster that runs hundreds of workloads raises it the same way.
+CONTROLLER_MANAGER_TUNING = [
+    "--kube-api-qps=300",
+    "--kube-api-burst=600",
+    "--concurrent-deployment-syncs=20",
+    "--concurrent-replicaset-syncs=20",
+    "--concurrent-statefulset-syncs=20",
+]
 POD_CIDR = "10.244.0.1/16"
 FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -562,6 +571,7 @@ class LocalControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*",
                 "--use-service-account-credentials=true",
+                *CONTROLLER_MANAGER_TUNING,
                 *common,
             ],
         )
