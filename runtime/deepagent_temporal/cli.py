@@ -3,7 +3,8 @@
 Worker environment (flags override): DEEPAGENT_GRAPH, TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_API_KEY, TEMPORAL_TLS_CERT,
 TEMPORAL_TLS_KEY, TEMPORAL_TLS_CA, DEEPAGENT_TOKEN_STREAMING, REDIS_URL,
-DEEPAGENT_STREAM_MAXLEN, DEEPAGENT_STREAM_TTL_SECONDS, DEEPAGENT_HEALTH_PORT.
+DEEPAGENT_STREAM_MAXLEN, DEEPAGENT_STREAM_TTL_SECONDS, DEEPAGENT_HEALTH_PORT,
+DEEPAGENT_HEALTH_HOST (default 0.0.0.0).
 
 Exit codes: 0 ok, 1 run failed, 2 bad usage / bad graph reference, 3 Temporal
 unreachable.
@@ -141,6 +142,11 @@ def _worker_parser(sub: Any) -> None:
         default=int(env("DEEPAGENT_HEALTH_PORT")) if env("DEEPAGENT_HEALTH_PORT") else None,
     )
     p.add_argument(
+        "--health-host",
+        default=env("DEEPAGENT_HEALTH_HOST", "0.0.0.0"),
+        help="address the health server binds (pods: all interfaces; local runs: 127.0.0.1)",
+    )
+    p.add_argument(
         "--shutdown-grace-seconds",
         type=float,
         default=float(env("DEEPAGENT_SHUTDOWN_GRACE_SECONDS", "30")),
@@ -222,7 +228,7 @@ async def run_worker(args: argparse.Namespace) -> int:
     if args.health_port:
         from deepagent_temporal.health import HealthServer
 
-        health = HealthServer(args.health_port, ready)
+        health = HealthServer(args.health_port, ready, host=args.health_host)
         try:
             await health.start()
         except OSError as exc:

@@ -35,6 +35,7 @@ class WorkerProcess:
             "TEMPORAL_TASK_QUEUE": task_queue,
             "DEEPAGENT_TOKEN_STREAMING": "true" if token_streaming else "false",
             "DEEPAGENT_HEALTH_PORT": str(self.health_port),
+            "DEEPAGENT_HEALTH_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
         }
         if redis_url:

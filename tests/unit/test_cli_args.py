@@ -28,6 +28,7 @@ ENV = {
     "DEEPAGENT_STREAM_MAXLEN": "500",
     "DEEPAGENT_STREAM_TTL_SECONDS": "60",
     "DEEPAGENT_HEALTH_PORT": "8080",
+    "DEEPAGENT_HEALTH_HOST": "127.0.0.1",
 }
 
 
@@ -43,6 +44,7 @@ def test_worker_reads_env(monkeypatch):
     assert a.token_streaming is False
     assert a.redis_url == "redis://:pw@redis:6379/0"
     assert (a.stream_maxlen, a.stream_ttl_seconds, a.health_port) == (500, 60, 8080)
+    assert a.health_host == "127.0.0.1"
 
 
 def test_flags_override_env(monkeypatch):
@@ -72,6 +74,7 @@ def test_defaults_without_env(monkeypatch):
     a = parse(monkeypatch, {}, ["worker"])
     assert a.address == "localhost:7233" and a.namespace == "default"
     assert a.token_streaming is True and a.redis_url is None and a.health_port is None
+    assert a.health_host == "0.0.0.0", "in a pod the kubelet probes the pod IP"
 
 
 def test_run_command(monkeypatch):
