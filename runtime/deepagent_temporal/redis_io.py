@@ -61,7 +61,8 @@ class RedisConnection:
         error: ResponseError | None = None
         for _ in range(n):
             try:
-                replies.append(await self._conn.read_response())
+                # raw bytes even if the URL asks for decode_responses
+                replies.append(await self._conn.read_response(disable_decoding=True))
             except ResponseError as exc:
                 error = error or exc
                 replies.append(exc)
