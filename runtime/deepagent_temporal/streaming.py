@@ -262,7 +262,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         self._loop = loop
         # the thread that runs the loop: callbacks from any other thread are handed over
         self._loop_thread: int | None = (
-            threading.get_ident() if loop is not None and loop is running
+            threading.get_ident()
+            if loop is not None and loop is running
             else getattr(loop, "_thread_id", None)
         )
         self._counter = itertools.count()
@@ -525,7 +526,11 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         metrics.FAILOVERS.labels(reason=reason).inc()
         logger.warning(
             "token stream %s/%s: Redis unavailable (%s); LLM call %s of %s continues via Temporal",
-            self.workflow_id, self.run_id, reason, call.llm_call, self.node,
+            self.workflow_id,
+            self.run_id,
+            reason,
+            call.llm_call,
+            self.node,
         )
         self._replay_all()
 
@@ -668,7 +673,9 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         return {
             "llm_calls": summaries,
             "token_count": sum(s["token_count"] for s in summaries),
-            "transport": transports.pop() if len(transports) == 1 else ("mixed" if transports else None),
+            "transport": transports.pop()
+            if len(transports) == 1
+            else ("mixed" if transports else None),
         }
 
 
@@ -781,7 +788,9 @@ class RedisStreamBackend:
         self.events_written = 0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> RedisStreamBackend | None:
+    def from_env(
+        cls, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> RedisStreamBackend | None:
         """Build from REDIS_URL / DEEPAGENT_STREAM_MAXLEN / DEEPAGENT_STREAM_TTL_SECONDS."""
         env = dict(os.environ if env is None else env)
         url = env.get("REDIS_URL")
@@ -798,7 +807,9 @@ class RedisStreamBackend:
         """For /readyz and logs: circuit state and counters (no I/O)."""
         c = self.circuit
         return {
-            "redis": "up" if c.state == "closed" else ("probing" if c.state == "half_open" else "down"),
+            "redis": "up"
+            if c.state == "closed"
+            else ("probing" if c.state == "half_open" else "down"),
             "circuit": c.state,
             "failures": c.failures,
             "failovers_generation": c.generation,
@@ -919,12 +930,20 @@ class RedisStreamBackend:
         data = _dumps(event)
         self._remember(run, data)
         self._queue.append(
-            _WriteItem(self.stream_key(workflow_id, run_id), data, event.get("type") == "token", owner, call)
+            _WriteItem(
+                self.stream_key(workflow_id, run_id),
+                data,
+                event.get("type") == "token",
+                owner,
+                call,
+            )
         )
         assert self._wakeup is not None
         self._wakeup.set()
 
-    async def publish(self, workflow_id: str, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    async def publish(
+        self, workflow_id: str, run_id: str, events: Sequence[dict[str, Any]]
+    ) -> None:
         """Write events and wait for Redis to acknowledge them; raises RedisUnavailable."""
         if not events:
             return
@@ -935,7 +954,9 @@ class RedisStreamBackend:
         remaining = [len(events)]
         key = self.stream_key(workflow_id, run_id)
         for ev in events:
-            self._queue.append(_WriteItem(key, _dumps(ev), ev.get("type") == "token", None, (fut, remaining)))
+            self._queue.append(
+                _WriteItem(key, _dumps(ev), ev.get("type") == "token", None, (fut, remaining))
+            )
         assert self._wakeup is not None
         self._wakeup.set()
         await fut
@@ -1022,7 +1043,9 @@ class RedisStreamBackend:
             _TOKENS_REDIS.inc(n_tokens)
         self._settle(items, ok=True)
 
-    def _commands(self, items: list[_WriteItem], now: float) -> tuple[list[tuple[Any, ...]], list[str]]:
+    def _commands(
+        self, items: list[_WriteItem], now: float
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
         """The pipeline for ``items`` and the keys it refreshes the TTL of."""
         by_key: dict[str, list[bytes]] = {}
         for it in items:
@@ -1161,8 +1184,11 @@ class RedisStreamBackend:
         ``redis_id`` (its entry id, the resume cursor) and ``source="redis"``.
         """
         async for _run, ev in self.subscribe_many(
-            [(workflow_id, run_id)], {(workflow_id, run_id): last_id},
-            block_ms=block_ms, count=count, max_backoff=max_backoff,
+            [(workflow_id, run_id)],
+            {(workflow_id, run_id): last_id},
+            block_ms=block_ms,
+            count=count,
+            max_backoff=max_backoff,
             stop_on_complete=stop_on_complete,
         ):
             yield ev
@@ -1197,8 +1223,14 @@ class RedisStreamBackend:
                     keys = list(cursors)
                     async with asyncio.timeout(block_ms / 1000 + max(self.op_timeout, 1.0)):
                         resp = await conn.command(
-                            b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS",
-                            *keys, *(cursors[k] for k in keys),
+                            b"XREAD",
+                            b"COUNT",
+                            count,
+                            b"BLOCK",
+                            block_ms,
+                            b"STREAMS",
+                            *keys,
+                            *(cursors[k] for k in keys),
                         )
                     backoff = 0.05
                 except asyncio.CancelledError:

@@ -102,6 +102,10 @@ async def test_io_timeout_tolerates_a_starved_loop():
 def test_from_env():
     assert RedisStreamBackend.from_env({}) is None
     b = RedisStreamBackend.from_env(
-        {"REDIS_URL": "redis://:pw@h:1/2", "DEEPAGENT_STREAM_MAXLEN": "77", "DEEPAGENT_STREAM_TTL_SECONDS": "9"}
+        {
+            "REDIS_URL": "redis://:pw@h:1/2",
+            "DEEPAGENT_STREAM_MAXLEN": "77",
+            "DEEPAGENT_STREAM_TTL_SECONDS": "9",
+        }
     )
     assert b is not None and b.maxlen == 77 and b.ttl_seconds == 9 and b.redis_url.endswith("/2")
