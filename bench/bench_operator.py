@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kubernetes import client, config, watch  # noqa: E402
+
 from deepagent_operator.kube import Kube  # noqa: E402
 from deepagent_operator.testing import OperatorProcess  # noqa: E402
-from kubernetes import client, config, watch  # noqa: E402
 
 APPLIES = int(os.environ.get("BENCH_OPERATOR_APPLIES", "20"))
 AGENTS = int(os.environ.get("BENCH_OPERATOR_AGENTS", "100"))

@@ -162,8 +162,9 @@ async def bench_phase1(
     address: str, tokens: int = 1000, rate: float = RATE, throughput_tokens: int = 20000
 ) -> Row:
     """(c) Phase 1 via Temporal (no Redis), worker in another process."""
-    from deepagent_temporal import TemporalDeepAgent
     from temporalio.client import Client
+
+    from deepagent_temporal import TemporalDeepAgent
 
     queue = f"bench-p1-{uuid.uuid4().hex[:6]}"
     proc = await _spawn(

@@ -105,9 +105,10 @@ def redis_url_for_bench(url: str | None = None) -> Iterator[str]:
 
 
 async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None) -> Row:
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk
+
+    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
 
     backend = RedisStreamBackend(redis_url) if redis_url else None
     handler = TokenCapturingHandler(
@@ -115,7 +116,9 @@ async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None)
     )
     run_id = uuid.uuid4()
     handler.on_chat_model_start({}, [[]], run_id=run_id)
-    chunks = [ChatGenerationChunk(message=AIMessageChunk(content=f"t{i} ", id="m")) for i in range(1000)]
+    chunks = [
+        ChatGenerationChunk(message=AIMessageChunk(content=f"t{i} ", id="m")) for i in range(1000)
+    ]
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -142,12 +145,15 @@ async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None)
 
 
 async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
-    from deepagent_temporal.testing import ScriptedChatModel
     from langgraph.graph import END, START, MessagesState, StateGraph
+
+    from deepagent_temporal.testing import ScriptedChatModel
 
     emitted: list[float] = []
     model = ScriptedChatModel(
-        script=["x" * tokens], split="chars", tokens_per_second=rate or None,
+        script=["x" * tokens],
+        split="chars",
+        tokens_per_second=rate or None,
         on_token=lambda tok, ts: emitted.append(ts),
     )
 
@@ -155,8 +161,11 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
         return {"messages": [await model.ainvoke(state["messages"])]}
 
     graph = (
-        StateGraph(MessagesState).add_node("model", call_model)
-        .add_edge(START, "model").add_edge("model", END).compile()
+        StateGraph(MessagesState)
+        .add_node("model", call_model)
+        .add_edge(START, "model")
+        .add_edge("model", END)
+        .compile()
     )
     received: list[float] = []
     t0 = time.perf_counter()
@@ -168,13 +177,16 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
     p50, p99 = percentiles([received[i] - emitted[i] for i in range(n)])
     return Row(
         f"(a) LangGraph in-process astream(messages), {rate:g} tok/s (floor)",
-        p50, p99, tokens_per_s=None if rate else n / elapsed,
+        p50,
+        p99,
+        tokens_per_s=None if rate else n / elapsed,
     )
 
 
 async def bench_floor_throughput(calls: int = 40, tokens_per_call: int = 500) -> Row:
-    from deepagent_temporal.testing import ScriptedChatModel
     from langgraph.graph import END, START, MessagesState, StateGraph
+
+    from deepagent_temporal.testing import ScriptedChatModel
 
     model = ScriptedChatModel(script=["x" * tokens_per_call], split="chars")
 
@@ -182,17 +194,24 @@ async def bench_floor_throughput(calls: int = 40, tokens_per_call: int = 500) ->
         return {"messages": [await model.ainvoke(state["messages"])]}
 
     graph = (
-        StateGraph(MessagesState).add_node("model", call_model)
-        .add_edge(START, "model").add_edge("model", END).compile()
+        StateGraph(MessagesState)
+        .add_node("model", call_model)
+        .add_edge(START, "model")
+        .add_edge("model", END)
+        .compile()
     )
     n = 0
     t0 = time.perf_counter()
     for _ in range(calls):
-        async for chunk, _meta in graph.astream({"messages": [("user", "hi")]}, stream_mode="messages"):
+        async for chunk, _meta in graph.astream(
+            {"messages": [("user", "hi")]}, stream_mode="messages"
+        ):
             if getattr(chunk, "content", ""):
                 n += 1
     elapsed = time.perf_counter() - t0
-    return Row("(a) LangGraph in-process astream(messages), unpaced (floor)", tokens_per_s=n / elapsed)
+    return Row(
+        "(a) LangGraph in-process astream(messages), unpaced (floor)", tokens_per_s=n / elapsed
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,17 +220,22 @@ async def bench_floor_throughput(calls: int = 40, tokens_per_call: int = 500) ->
 
 
 async def bench_redis_throughput(redis_url: str, tokens: int = 200_000, streams: int = 1) -> Row:
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk
 
+    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
+
     backend = RedisStreamBackend(redis_url, op_timeout=2.0)
     await backend.ping()
-    chunks = [ChatGenerationChunk(message=AIMessageChunk(content=f"t{i} ", id="m")) for i in range(1000)]
+    chunks = [
+        ChatGenerationChunk(message=AIMessageChunk(content=f"t{i} ", id="m")) for i in range(1000)
+    ]
     per = tokens // streams
 
     async def one(k: int) -> list[dict]:
-        h = TokenCapturingHandler(workflow_id="bench-tp", run_id=f"{uuid.uuid4().hex}-{k}", node="m", redis=backend)
+        h = TokenCapturingHandler(
+            workflow_id="bench-tp", run_id=f"{uuid.uuid4().hex}-{k}", node="m", redis=backend
+        )
         rid = uuid.uuid4()
         h.on_chat_model_start({}, [[]], run_id=rid)
         for i in range(per):
@@ -291,7 +315,9 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
     async def one(run: str) -> list[float]:
         emitted: list[float] = []
         model = ScriptedChatModel(
-            script=["z" * tokens], split="chars", tokens_per_second=rate,
+            script=["z" * tokens],
+            split="chars",
+            tokens_per_second=rate,
             on_token=lambda tok, ts: emitted.append(ts),
         )
         h = TokenCapturingHandler(workflow_id=wf, run_id=run, node="model", redis=backend)
@@ -309,8 +335,9 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
     await backend.aclose()
 
 
-async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1000,
-                               rate: float = RATE, emitters: int = 1) -> Row:
+async def bench_phase2_latency(
+    redis_url: str, streams: int = 1, tokens: int = 1000, rate: float = RATE, emitters: int = 1
+) -> Row:
     """Model emit in worker process(es) -> Redis -> one subscriber in this process.
 
     ``emitters``: number of worker processes the streams are spread over (round robin).
@@ -322,11 +349,20 @@ async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1
     procs = []
     for k in range(emitters):
         mine = runs[k::emitters]
-        spec = json.dumps({"redis_url": redis_url, "wf": wf, "runs": mine, "tokens": tokens, "rate": rate})
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, _THIS_FILE, "--emitter", spec,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27,
-        ))
+        spec = json.dumps(
+            {"redis_url": redis_url, "wf": wf, "runs": mine, "tokens": tokens, "rate": rate}
+        )
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                _THIS_FILE,
+                "--emitter",
+                spec,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=2**27,
+            )
+        )
     sub = RedisStreamBackend(redis_url)
     received: dict[str, list[float]] = {r: [] for r in runs}
 
@@ -376,7 +412,9 @@ async def bench_phase2_latency(redis_url: str, streams: int = 1, tokens: int = 1
     where = "1 worker process" if emitters == 1 else f"{emitters} worker processes"
     return Row(
         f"(b) Phase 2 via Redis, {streams} stream(s) x {rate:g} tok/s, {where} -> subscriber process",
-        p50, p99, tokens_per_s=tokens * streams / elapsed,
+        p50,
+        p99,
+        tokens_per_s=tokens * streams / elapsed,
         note=f"{len(lat):,} tokens; CPU per token: worker {emit_cpu / len(lat) * 1e6:.0f} us, "
         f"subscriber {sub_cpu / len(lat) * 1e6:.0f} us",
         target=target,
@@ -389,8 +427,11 @@ async def median_of(trials: int, make) -> Row:
     rows.sort(key=lambda r: r.p99_ms if r.p99_ms is not None else 0.0)
     row = rows[len(rows) // 2]
     if trials > 1:
-        row.note += f"; median of {trials} runs by p99 (p99s: " + ", ".join(
-            f"{r.p99_ms:.1f}" for r in rows) + ")"
+        row.note += (
+            f"; median of {trials} runs by p99 (p99s: "
+            + ", ".join(f"{r.p99_ms:.1f}" for r in rows)
+            + ")"
+        )
     return row
 
 
@@ -406,10 +447,17 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
         rows.append(await bench_redis_throughput(url, 50_000 if quick else 200_000, streams=50))
         rows.append(await bench_redis_throughput_via_model(url, 20 if quick else 100))
         trials = 1 if quick else 3
-        rows.append(await median_of(trials, lambda: bench_phase2_latency(url, 1, 300 if quick else 1000)))
-        rows.append(await median_of(trials, lambda: bench_phase2_latency(url, 50, 200 if quick else 400)))
-        rows.append(await median_of(trials, lambda: bench_phase2_latency(
-            url, 50, 200 if quick else 400, emitters=2)))
+        rows.append(
+            await median_of(trials, lambda: bench_phase2_latency(url, 1, 300 if quick else 1000))
+        )
+        rows.append(
+            await median_of(trials, lambda: bench_phase2_latency(url, 50, 200 if quick else 400))
+        )
+        rows.append(
+            await median_of(
+                trials, lambda: bench_phase2_latency(url, 50, 200 if quick else 400, emitters=2)
+            )
+        )
     return rows
 
 
@@ -421,7 +469,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.emitter:
         spec = json.loads(args.emitter)
-        asyncio.run(_emitter(spec["redis_url"], spec["wf"], spec["runs"], spec["tokens"], spec["rate"]))
+        asyncio.run(
+            _emitter(spec["redis_url"], spec["wf"], spec["runs"], spec["tokens"], spec["rate"])
+        )
         return 0
     load0 = os.getloadavg()[0]
     rows = asyncio.run(main_async(args))

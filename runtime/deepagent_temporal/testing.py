@@ -145,12 +145,17 @@ class ScriptedChatModel(BaseChatModel):
 
     def _chunks(self, message: AIMessage) -> list[AIMessageChunk]:
         content = message.content if isinstance(message.content, str) else ""
-        chunks = [AIMessageChunk(content=t, id=message.id) for t in split_tokens(content, self.split)]
+        chunks = [
+            AIMessageChunk(content=t, id=message.id) for t in split_tokens(content, self.split)
+        ]
         import json
 
         for i, tc in enumerate(message.tool_calls):
             args = json.dumps(tc["args"])
-            pieces = [args[j : j + self.args_chunk_size] for j in range(0, len(args), self.args_chunk_size)] or [""]
+            pieces = [
+                args[j : j + self.args_chunk_size]
+                for j in range(0, len(args), self.args_chunk_size)
+            ] or [""]
             for k, piece in enumerate(pieces):
                 chunks.append(
                     AIMessageChunk(

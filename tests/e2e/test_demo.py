@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from deepagent_temporal.examples.research_agent import SCRIPT
 
 pytestmark = pytest.mark.e2e

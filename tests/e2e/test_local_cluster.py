@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from deepagent_temporal.devservers import ManagedProcess, free_port, port_open
 from deepagent_temporal.examples.research_agent import SCRIPT
-
 from tests.harness.pods import container_argv, container_env, decode_secret_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]

@@ -11,14 +11,15 @@ import dataclasses
 import uuid
 
 import pytest
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
 from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
 from deepagent_temporal.activity import NodeActivityOutput
 from deepagent_temporal.converter import data_converter
 from deepagent_temporal.examples import shapes
 from deepagent_temporal.workerproc import WorkerProcess
-from langchain_core.messages import AIMessage
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.types import Command
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,10 @@ import uuid
 from collections import defaultdict
 
 import pytest
+from langchain_core.messages import AIMessage
+
 from deepagent_temporal import RedisStreamBackend, RunFailedError, TemporalDeepAgent
 from deepagent_temporal.workerproc import WorkerProcess
-from langchain_core.messages import AIMessage
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 import redis.asyncio as aioredis
+
 from deepagent_temporal.delivery import TokenStreamMerger
 from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
 from deepagent_temporal.testing import ScriptedChatModel, split_tokens
@@ -85,8 +86,12 @@ async def run_activity(
     split: str | int = "words",
 ) -> tuple[list[str], list[dict]]:
     handler = TokenCapturingHandler(
-        workflow_id=wf, run_id=run, node="model", task_id=task_id,
-        redis=backend, phase1_publish=phase1,
+        workflow_id=wf,
+        run_id=run,
+        node="model",
+        task_id=task_id,
+        redis=backend,
+        phase1_publish=phase1,
     )
     model = ScriptedChatModel(
         script=replies, mode="sequential", token_delay=token_delay, on_token=on_token, split=split
@@ -106,7 +111,9 @@ async def finish_run(backend: RedisStreamBackend, wf: str, run: str, phase1: Pha
     return ok
 
 
-async def client(backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue, slow: float = 0.0):
+async def client(
+    backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue, slow: float = 0.0
+):
     async def redis_src():
         async for ev in backend.subscribe(wf, run, block_ms=200):
             if slow:
@@ -118,7 +125,9 @@ async def client(backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Q
 
 @pytest.fixture
 async def backend(redis_up):
-    b = RedisStreamBackend(redis_up.url, op_timeout=0.5, cooldown_seconds=0.2, max_cooldown_seconds=1.0)
+    b = RedisStreamBackend(
+        redis_up.url, op_timeout=0.5, cooldown_seconds=0.2, max_cooldown_seconds=1.0
+    )
     yield b
     await b.aclose()
 
@@ -149,9 +158,7 @@ async def test_late_subscriber_gets_everything_from_the_start(backend):
     first = [e async for e in backend.subscribe(wf, run)]
     cursor = first[10]["redis_id"]
     rest = [e async for e in backend.subscribe(wf, run, last_id=cursor)]
-    assert [e["redis_id"] for e in rest] == [
-        e["redis_id"] for e in first if e["redis_id"] > cursor
-    ]
+    assert [e["redis_id"] for e in rest] == [e["redis_id"] for e in first if e["redis_id"] > cursor]
 
 
 async def test_maxlen_and_sliding_expire(redis_up):
@@ -376,11 +383,15 @@ async def test_retry_attempt_reset_travels_through_redis(backend):
     wf, run = ids()
     phase1 = Phase1Queue()
     model = ScriptedChatModel(script=["one two three four five"], fail_after_tokens=2)
-    h1 = TokenCapturingHandler(workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=1)
+    h1 = TokenCapturingHandler(
+        workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=1
+    )
     with pytest.raises(RuntimeError):
         await model.ainvoke("q", config={"callbacks": [h1]})
     await h1.flush()
-    h2 = TokenCapturingHandler(workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=2)
+    h2 = TokenCapturingHandler(
+        workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=2
+    )
     final = await model.ainvoke("q", config={"callbacks": [h2]})
     await h2.flush()
     await finish_run(backend, wf, run, phase1)
@@ -391,8 +402,6 @@ async def test_retry_attempt_reset_travels_through_redis(backend):
     assert "".join(e["token"] for e in after if e["type"] == "token") == final.content
     before = out[: types.index("reset")]
     assert "".join(e["token"] for e in before if e["type"] == "token") == "one two"
-
-
 
 
 async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_up, backend):
@@ -410,7 +419,9 @@ async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_u
     handler = TokenCapturingHandler(
         workflow_id=wf, run_id=run, node="model", task_id="a", redis=backend, phase1_publish=phase1
     )
-    model = ScriptedChatModel(script=REPLIES, mode="sequential", token_delay=0.002, on_token=on_token)
+    model = ScriptedChatModel(
+        script=REPLIES, mode="sequential", token_delay=0.002, on_token=on_token
+    )
     consumer = asyncio.create_task(client(backend, wf, run, phase1))
     try:
         for _ in REPLIES:
@@ -488,13 +499,18 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
             redis_server.kill()
 
     consumers = [
-        asyncio.create_task(client(backend, wf, run, p1)) for (wf, run), p1 in zip(runs, phase1s, strict=True)
+        asyncio.create_task(client(backend, wf, run, p1))
+        for (wf, run), p1 in zip(runs, phase1s, strict=True)
     ]
 
     async def one(k: int) -> list[dict]:
         wf, run = runs[k]
         h = TokenCapturingHandler(
-            workflow_id=wf, run_id=run, node="model", task_id=f"t{k}", redis=backend,
+            workflow_id=wf,
+            run_id=run,
+            node="model",
+            task_id=f"t{k}",
+            redis=backend,
             phase1_publish=phase1s[k],
         )
         model = ScriptedChatModel(script=replies[k], token_delay=0.001, on_token=on_token)

@@ -12,10 +12,11 @@ import warnings
 
 import pytest
 import redis.asyncio as aioredis
-from deepagent_temporal.redis_io import RedisConnection
-from deepagent_temporal.streaming import RedisStreamBackend, _io_with_timeout
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from deepagent_temporal.redis_io import RedisConnection
+from deepagent_temporal.streaming import RedisStreamBackend, _io_with_timeout
 
 pytestmark = pytest.mark.integration
 

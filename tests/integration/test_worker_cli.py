@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 
 import pytest
+
 from deepagent_temporal.devservers import free_port
 from deepagent_temporal.workerproc import WorkerProcess
 

@@ -11,10 +11,10 @@ import asyncio
 import uuid
 
 import pytest
-from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
-from deepagent_temporal.workerproc import WorkerProcess
 from langchain_core.messages import AIMessage
 
+from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
+from deepagent_temporal.workerproc import WorkerProcess
 from tests.integration.test_agent_streaming import check_guarantees
 
 pytestmark = pytest.mark.integration

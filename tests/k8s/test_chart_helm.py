@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from deepagent_operator.kube import Kube
 from deepagent_operator.testing import OperatorProcess
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from deepagent_operator.kube import Kube
 from deepagent_operator.testing import OperatorProcess
 

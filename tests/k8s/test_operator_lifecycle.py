@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
+
 from deepagent_operator.kube import Kube
 from deepagent_operator.testing import OperatorProcess
-from kubernetes import client
 
 pytestmark = pytest.mark.k8s
 

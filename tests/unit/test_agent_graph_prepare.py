@@ -7,11 +7,12 @@ import operator
 from typing import Annotated, TypedDict
 
 import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+
 from deepagent_temporal.examples import shapes
 from deepagent_temporal.worker import DeepAgentPlugin, GraphLoadError, load_graph, prepare_builder
 from deepagent_temporal.workflow import GRAPH_OPTIONS
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy
 
 
 class S(TypedDict, total=False):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from deepagent_operator.children import (
     HASH_ANNOTATION,
     SpecError,

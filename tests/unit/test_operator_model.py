@@ -8,6 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+
 from deepagent_operator.model import (
     ADDRESS_PATTERN,
     GRAPH_PATTERN,

@@ -12,6 +12,7 @@ import itertools
 from typing import Any
 
 import pytest
+
 from deepagent_operator.children import SpecError
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.kube import ApiError

@@ -3,9 +3,10 @@ two model calls, and a sub-agent's model calls reported with their own namespace
 
 from __future__ import annotations
 
+from langchain_core.messages import AIMessage, HumanMessage
+
 from deepagent_temporal.streaming import TokenCapturingHandler
 from deepagent_temporal.testing import ScriptedChatModel
-from langchain_core.messages import AIMessage, HumanMessage
 
 
 def get_weather(city: str) -> str:
@@ -22,17 +23,25 @@ async def test_deep_agent_tool_call_and_two_model_calls():
 
     model = ScriptedChatModel(
         script=[
-            {"content": "Let me check.", "tool_calls": [{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]},
+            {
+                "content": "Let me check.",
+                "tool_calls": [{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}],
+            },
             "It is sunny in Paris today.",
         ]
     )
     agent = create_deep_agent(model=model, tools=[get_weather], system_prompt="Be brief.")
     got: list[dict] = []
     handler = TokenCapturingHandler(sink=got.append)
-    out = await agent.ainvoke({"messages": [("user", "Weather in Paris?")]}, config={"callbacks": [handler]})
+    out = await agent.ainvoke(
+        {"messages": [("user", "Weather in Paris?")]}, config={"callbacks": [handler]}
+    )
     summaries = await handler.flush()
     ai = [m for m in out["messages"] if isinstance(m, AIMessage)]
-    assert len(ai) == 2 and [s["token_count"] for s in summaries] == [len(_tokens(got, 0)), len(_tokens(got, 1))]
+    assert len(ai) == 2 and [s["token_count"] for s in summaries] == [
+        len(_tokens(got, 0)),
+        len(_tokens(got, 1)),
+    ]
     for k, msg in enumerate(ai):
         toks = _tokens(got, k)
         assert "".join(e["token"] for e in toks) == msg.content
@@ -53,10 +62,16 @@ async def test_deep_agent_sub_agent_calls_are_nested():
         if turns == 0:
             return {
                 "content": "Delegating.",
-                "tool_calls": [{
-                    "name": "task", "id": "t1",
-                    "args": {"description": "find three facts", "subagent_type": "general-purpose"},
-                }],
+                "tool_calls": [
+                    {
+                        "name": "task",
+                        "id": "t1",
+                        "args": {
+                            "description": "find three facts",
+                            "subagent_type": "general-purpose",
+                        },
+                    }
+                ],
             }
         return "Done: three facts found."
 
@@ -64,11 +79,17 @@ async def test_deep_agent_sub_agent_calls_are_nested():
     agent = create_deep_agent(model=model, system_prompt="Be brief.")
     got: list[dict] = []
     handler = TokenCapturingHandler(sink=got.append)
-    out = await agent.ainvoke({"messages": [("user", "Research please")]}, config={"callbacks": [handler]})
+    out = await agent.ainvoke(
+        {"messages": [("user", "Research please")]}, config={"callbacks": [handler]}
+    )
     await handler.flush()
     assert out["messages"][-1].content == "Done: three facts found."
     texts = {k: "".join(e["token"] for e in _tokens(got, k)) for k in range(3)}
-    assert texts == {0: "Delegating.", 1: "Fact one. Fact two. Fact three.", 2: "Done: three facts found."}
+    assert texts == {
+        0: "Delegating.",
+        1: "Fact one. Fact two. Fact three.",
+        2: "Done: three facts found.",
+    }
     sub = _tokens(got, 1)[0]
     top = _tokens(got, 2)[0]
     assert top["namespace"] == [] and top["node"] == "model"
@@ -89,7 +110,13 @@ async def test_summarization_middleware_two_calls_in_one_node():
         model=summarizer, backend=StateBackend(), trigger=("messages", 3), keep=("messages", 1)
     )
     agent = create_agent(model=model, middleware=[middleware])
-    history = [("user", "q1"), ("ai", "a1"), ("user", "q2"), ("ai", "a2"), ("user", "final question")]
+    history = [
+        ("user", "q1"),
+        ("ai", "a1"),
+        ("user", "q2"),
+        ("ai", "a2"),
+        ("user", "final question"),
+    ]
     got: list[dict] = []
     handler = TokenCapturingHandler(sink=got.append)
     out = await agent.ainvoke({"messages": history}, config={"callbacks": [handler]})

@@ -8,11 +8,12 @@ import threading
 from typing import Any
 
 import pytest
-from deepagent_temporal.streaming import TokenCapturingHandler
-from deepagent_temporal.testing import ScriptedChatModel, ScriptedModelError, split_tokens
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
+
+from deepagent_temporal.streaming import TokenCapturingHandler
+from deepagent_temporal.testing import ScriptedChatModel, ScriptedModelError, split_tokens
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice."
 
@@ -35,7 +36,9 @@ class PlainAsyncHandler(AsyncCallbackHandler):
 
 def tokens_of(events: list[dict], llm_call: int | None = None) -> list[dict]:
     return [
-        e for e in events if e["type"] == "token" and (llm_call is None or e["llm_call"] == llm_call)
+        e
+        for e in events
+        if e["type"] == "token" and (llm_call is None or e["llm_call"] == llm_call)
     ]
 
 
@@ -122,10 +125,10 @@ async def test_index_resets_per_call_and_llm_call_counts():
 
 async def test_concurrent_calls_in_one_node_are_keyed_by_run_id():
     h, got = make_handler()
-    model = ScriptedChatModel(
-        script=["alpha beta gamma delta epsilon"], token_delay=0.001
+    model = ScriptedChatModel(script=["alpha beta gamma delta epsilon"], token_delay=0.001)
+    results = await asyncio.gather(
+        *[model.ainvoke("q", config={"callbacks": [h]}) for _ in range(3)]
     )
-    results = await asyncio.gather(*[model.ainvoke("q", config={"callbacks": [h]}) for _ in range(3)])
     await h.flush()
     by_call: dict[int, list[dict]] = {}
     for e in tokens_of(got):
@@ -144,7 +147,12 @@ async def test_tool_call_chunks_are_carried():
     h, got = make_handler()
     args = {"path": "/workspace/notes.md", "limit": 20}
     model = ScriptedChatModel(
-        script=[{"content": "Let me look.", "tool_calls": [{"name": "read_file", "args": args, "id": "call_1"}]}]
+        script=[
+            {
+                "content": "Let me look.",
+                "tool_calls": [{"name": "read_file", "args": args, "id": "call_1"}],
+            }
+        ]
     )
     result = await model.ainvoke("q", config={"callbacks": [h]})
     await h.flush()
@@ -172,8 +180,14 @@ async def test_phase1_batches_not_one_per_token():
     assert all(e["source"] == "temporal" for e in flat)
     assert len(batches) <= 12
     assert summaries == [
-        {"token_count": 1000, "llm_call": 0, "message_id": flat[1]["message_id"],
-         "transport": "temporal", "node": "n", "attempt": 1}
+        {
+            "token_count": 1000,
+            "llm_call": 0,
+            "message_id": flat[1]["message_id"],
+            "transport": "temporal",
+            "node": "n",
+            "attempt": 1,
+        }
     ]
     assert len(json.dumps(summaries[0])) < 300
 
@@ -190,7 +204,9 @@ async def test_phase1_time_based_batching_during_the_call():
         emitted[0] += 1
 
     h = TokenCapturingHandler(node="n", phase1_publish=phase1, phase1_interval=0.02)
-    model = ScriptedChatModel(script=["z" * 60], split="chars", token_delay=0.002, on_token=on_token)
+    model = ScriptedChatModel(
+        script=["z" * 60], split="chars", token_delay=0.002, on_token=on_token
+    )
     await model.ainvoke("q", config={"callbacks": [h]})
     await h.flush()
     assert sum(n for n, _ in batches) == 62
@@ -263,7 +279,7 @@ async def test_inside_langgraph_sync_async_nodes_and_subgraph_namespace():
     async def async_node(state: MessagesState) -> dict:
         out = await subgraph.ainvoke(state)
         reply = await model.ainvoke(out["messages"])
-        return {"messages": [*out["messages"][len(state["messages"]):], reply]}
+        return {"messages": [*out["messages"][len(state["messages"]) :], reply]}
 
     def sync_node(state: MessagesState) -> dict:
         return {"messages": [model.invoke(state["messages"])]}

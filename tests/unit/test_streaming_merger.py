@@ -6,16 +6,25 @@ import asyncio
 import random
 
 import pytest
+
 from deepagent_temporal.delivery import TokenStreamMerger
 
 
 def run_events(task: str, attempt: int, llm_call: int, text_tokens: list[str], node: str = "model"):
     mid = f"msg-{task}-{attempt}-{llm_call}"
-    base = {"node": node, "namespace": [], "task_id": task, "attempt": attempt, "llm_call": llm_call}
+    base = {
+        "node": node,
+        "namespace": [],
+        "task_id": task,
+        "attempt": attempt,
+        "llm_call": llm_call,
+    }
     evs = [{**base, "type": "llm_start", "token": "", "message_id": None}]
     for i, t in enumerate(text_tokens):
         evs.append({**base, "type": "token", "token": t, "index": i, "message_id": mid})
-    evs.append({**base, "type": "llm_end", "token": "", "token_count": len(text_tokens), "message_id": mid})
+    evs.append(
+        {**base, "type": "llm_end", "token": "", "token_count": len(text_tokens), "message_id": mid}
+    )
     return evs
 
 
@@ -34,7 +43,9 @@ def check(out: list[dict], expected: dict[tuple, str]) -> None:
         assert "".join(e["token"] for e in toks) == text
     ends = [e for e in out if e["type"] == "llm_end"]
     for e in ends:  # llm_end after the call's last token
-        last = max(x["seq"] for x in got.get((e["task_id"], e["attempt"], e["llm_call"]), [{"seq": 0}]))
+        last = max(
+            x["seq"] for x in got.get((e["task_id"], e["attempt"], e["llm_call"]), [{"seq": 0}])
+        )
         assert e["seq"] > last
     assert "redis_id" not in out[0] and "replay" not in out[0]
 

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import pytest
+
 from deepagent_temporal.streaming import (
     CircuitBreaker,
     RedisStreamBackend,
