@@ -26,11 +26,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deepagent_temporal.devservers import ManagedProcess, free_port, port_open
 from deepagent_temporal.examples.research_agent import SCRIPT
 from tests.harness.pods import container_argv, container_env, decode_secret_data
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
 
@@ -59,35 +59,6 @@ def _look_up(k8s_cluster, namespace: str):
         return decode_secret_data(obj.get("data")) if kind == "secret" else obj.get("data", {})
 
     return look_up
-
-
-def _wait_for(predicate, what: str, timeout: float = 90.0, logs=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-
-
-def _sa_kubeconfig(k8s_cluster, tmp_path: Path, namespace: str, sa_name: str) -> str:
-    """The credentials a pod of ``sa_name`` would have mounted, as a kubeconfig."""
-    token = k8s_cluster.kubectl(
-        "create", "token", sa_name, "-n", namespace, "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(Path(k8s_cluster.kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
-        "current-context": "sa",
-    }
-    path = tmp_path / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def _http_status(url: str) -> int | None:
@@ -140,8 +111,8 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             for a in op_argv
         ]
         op_env["DEEPAGENT_METRICS_PORT"] = "0"
-        op_env["KUBECONFIG"] = _sa_kubeconfig(
-            k8s_cluster, tmp_path, op_ns, op_pod["serviceAccountName"]
+        op_env["KUBECONFIG"] = k8s_cluster.service_account_kubeconfig(
+            op_ns, op_pod["serviceAccountName"], tmp_path / "operator.kubeconfig"
         )
         operator = ManagedProcess(
             "operator", [_venv_bin(op_argv[0]), *op_argv[1:]], tmp_path, env=op_env
@@ -247,8 +218,12 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
                 for kind, name in children
             )
 
-        _wait_for(
-            all_gone, "the DeepAgent's children to be garbage-collected", logs=operator.log_tail
+        wait_for(
+            "the DeepAgent's children to be garbage-collected",
+            all_gone,
+            timeout=90,
+            interval=0.3,
+            logs=operator.log_tail,
         )
     finally:
         for process in reversed(started):

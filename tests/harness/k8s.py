@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "tools" / "build-k8s-binaries.sh"
@@ -125,6 +126,24 @@ class K8sCluster:
                 "helm binary not found: run tests/tools/build-k8s-binaries.sh or put helm on PATH"
             )
         return self._run([self.helm_path, *args], check, input, timeout)
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> str:
+        """A kubeconfig with a token of ServiceAccount ``name``: what its pods would mount."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, "--duration=1h"
+        ).stdout.strip()
+        admin = yaml.safe_load(Path(self.kubeconfig).read_text())
+        cluster = admin["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": "sa", "user": {"token": token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+            "current-context": "sa",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
 
     def create_namespace(self, prefix: str = "t") -> str:
         """Create a uniquely named namespace and return its name."""

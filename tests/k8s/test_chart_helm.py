@@ -334,30 +334,11 @@ def test_rbac_cluster_wide_mode(k8s_cluster):
         k8s_cluster.delete_namespace(op_ns)
 
 
-def _sa_kubeconfig(k8s_cluster, tmp_path, namespace: str, sa_name: str) -> str:
-    token = k8s_cluster.kubectl(
-        "create", "token", sa_name, "-n", namespace, "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(Path(k8s_cluster.kubeconfig).read_text())
-    cluster = admin["clusters"][0]
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
-        "current-context": "sa",
-    }
-    path = tmp_path / "sa.kubeconfig"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
 def test_operator_works_with_the_charts_rbac(k8s_cluster, namespaced_release, tmp_path):
     """The operator, authenticated as the chart's ServiceAccount, reconciles to Ready."""
     r = namespaced_release
-    kubeconfig = _sa_kubeconfig(
-        k8s_cluster, tmp_path, r["op_ns"], f"{r['release']}-deepagent-operator"
+    kubeconfig = k8s_cluster.service_account_kubeconfig(
+        r["op_ns"], f"{r['release']}-deepagent-operator", tmp_path / "sa.kubeconfig"
     )
     watched = r["watched"]
     kube = Kube(k8s_cluster.api_client)

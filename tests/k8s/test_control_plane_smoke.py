@@ -7,27 +7,19 @@ nodes, ownerReference garbage collection, RBAC answers and a working helm binary
 from __future__ import annotations
 
 import json
-import time
 import uuid
+from functools import partial
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.harness.wait import wait_for
+
 pytestmark = pytest.mark.k8s
 
 WAIT_SECONDS = 90
-
-
-def _wait_for(what: str, predicate, timeout: float = WAIT_SECONDS, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+wait_for = partial(wait_for, timeout=WAIT_SECONDS)
 
 
 def test_crd_established_and_custom_resource(k8s_cluster, k8s_namespace):
@@ -75,7 +67,7 @@ def test_crd_established_and_custom_resource(k8s_cluster, k8s_namespace):
             "spec": {"size": 3},
         }
         # the CRD is Established, but discovery in the API server can lag a moment
-        created = _wait_for(
+        created = wait_for(
             "Widget create to succeed",
             lambda: _try(
                 lambda: custom.create_namespaced_custom_object(
@@ -144,7 +136,7 @@ def test_deployment_becomes_available_on_kwok_nodes(k8s_cluster, k8s_namespace):
         dep = apps.read_namespaced_deployment("web", k8s_namespace)
         return dep.status.available_replicas == 2 and dep
 
-    dep = _wait_for("deployment web to have 2 available replicas", available)
+    dep = wait_for("deployment web to have 2 available replicas", available)
     assert dep.status.ready_replicas == 2
 
     pods = core.list_namespaced_pod(k8s_namespace, label_selector="app=web").items
@@ -190,19 +182,19 @@ def test_owner_reference_garbage_collection(k8s_cluster, k8s_namespace):
             raise
         return False
 
-    _wait_for("child ConfigMap to be garbage-collected", child_gone)
+    wait_for("child ConfigMap to be garbage-collected", child_gone)
 
 
 def test_deployment_deletion_cascades_to_pods(k8s_cluster, k8s_namespace):
     apps = client.AppsV1Api(k8s_cluster.api_client)
     core = client.CoreV1Api(k8s_cluster.api_client)
     apps.create_namespaced_deployment(k8s_namespace, _deployment("gc", 1))
-    _wait_for(
+    wait_for(
         "pod of deployment gc",
         lambda: core.list_namespaced_pod(k8s_namespace, label_selector="app=gc").items,
     )
     apps.delete_namespaced_deployment("gc", k8s_namespace)  # background propagation
-    _wait_for(
+    wait_for(
         "ReplicaSets and pods of deployment gc to be garbage-collected",
         lambda: (
             not apps.list_namespaced_replica_set(k8s_namespace, label_selector="app=gc").items

@@ -17,6 +17,7 @@ from kubernetes import client
 
 from deepagent_operator.kube import Kube
 from deepagent_operator.testing import OperatorProcess
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -26,17 +27,6 @@ SAMPLE = ROOT / "operator" / "examples" / "deepagent.yaml"
 GROUP, VERSION, PLURAL = "deepagent.dev", "v1alpha1", "deepagents"
 WAIT = 60.0
 RESYNC = 2.0
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
