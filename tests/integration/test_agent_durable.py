@@ -19,7 +19,6 @@ from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
 from deepagent_temporal.activity import NodeActivityOutput
 from deepagent_temporal.converter import data_converter
 from deepagent_temporal.examples import shapes
-from deepagent_temporal.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -28,31 +27,13 @@ GRAPHS = ",".join(f"{SHAPES}:{n}" for n in ("shapes", "approval", "deep_agent"))
 
 
 @pytest.fixture(scope="module")
-def worker(temporal_server, redis_server, tmp_path_factory):
-    if not redis_server.process.running:
-        redis_server.start()
-    w = WorkerProcess(
-        GRAPHS,
-        temporal_server.address,
-        f"durable-{uuid.uuid4().hex[:6]}",
-        redis_url=redis_server.url,
-        log_dir=tmp_path_factory.mktemp("worker-durable"),
-    ).start()
-    yield w
-    w.stop()
+def worker(start_worker):
+    return start_worker(GRAPHS, "durable", redis=True)
 
 
 @pytest.fixture(scope="module")
-def worker_no_tokens(temporal_server, tmp_path_factory):
-    w = WorkerProcess(
-        f"{SHAPES}:deep_agent",
-        temporal_server.address,
-        f"durable-nt-{uuid.uuid4().hex[:6]}",
-        token_streaming=False,
-        log_dir=tmp_path_factory.mktemp("worker-no-tokens"),
-    ).start()
-    yield w
-    w.stop()
+def worker_no_tokens(start_worker):
+    return start_worker(f"{SHAPES}:deep_agent", "durable-nt", token_streaming=False)
 
 
 def _agent(client, worker, graph, redis_url=None):

@@ -13,7 +13,6 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
-from deepagent_temporal.workerproc import WorkerProcess
 from tests.integration.test_agent_streaming import check_guarantees
 
 pytestmark = pytest.mark.integration
@@ -22,18 +21,8 @@ GRAPH = "deepagent_temporal.examples.shapes:long_agent"
 
 
 @pytest.fixture(scope="module")
-def worker(temporal_server, redis_server, tmp_path_factory):
-    if not redis_server.process.running:
-        redis_server.start()
-    w = WorkerProcess(
-        GRAPH,
-        temporal_server.address,
-        f"failover-{uuid.uuid4().hex[:6]}",
-        redis_url=redis_server.url,
-        log_dir=tmp_path_factory.mktemp("worker-failover"),
-    ).start()
-    yield w
-    w.stop()
+def worker(start_worker):
+    return start_worker(GRAPH, "failover", redis=True)
 
 
 def _agent(client, worker, redis_url):

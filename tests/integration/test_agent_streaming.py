@@ -14,7 +14,6 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from deepagent_temporal import RedisStreamBackend, RunFailedError, TemporalDeepAgent
-from deepagent_temporal.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -33,30 +32,13 @@ GRAPHS = ",".join(
 
 
 @pytest.fixture(scope="module")
-def worker_redis(temporal_server, redis_server, tmp_path_factory):
-    if not redis_server.process.running:
-        redis_server.start()
-    w = WorkerProcess(
-        GRAPHS,
-        temporal_server.address,
-        f"stream-redis-{uuid.uuid4().hex[:6]}",
-        redis_url=redis_server.url,
-        log_dir=tmp_path_factory.mktemp("worker-redis"),
-    ).start()
-    yield w
-    w.stop()
+def worker_redis(start_worker):
+    return start_worker(GRAPHS, "stream-redis", redis=True)
 
 
 @pytest.fixture(scope="module")
-def worker_p1(temporal_server, tmp_path_factory):
-    w = WorkerProcess(
-        GRAPHS,
-        temporal_server.address,
-        f"stream-p1-{uuid.uuid4().hex[:6]}",
-        log_dir=tmp_path_factory.mktemp("worker-p1"),
-    ).start()
-    yield w
-    w.stop()
+def worker_p1(start_worker):
+    return start_worker(GRAPHS, "stream-p1")
 
 
 def _agent(client, worker, graph, redis_url=None):

@@ -98,19 +98,8 @@ def _get(port, path):
 
 
 @pytest.fixture(scope="module")
-def example_worker(temporal_server, redis_server, tmp_path_factory):
-    if not redis_server.process.running:
-        redis_server.start()
-    w = WorkerProcess(
-        EXAMPLE,
-        temporal_server.address,
-        f"cli-{uuid.uuid4().hex[:6]}",
-        redis_url=redis_server.url,
-        log_dir=tmp_path_factory.mktemp("worker-cli"),
-        env={"DEEPAGENT_SCRIPTED_TOKEN_DELAY": "0.002"},
-    ).start()
-    yield w
-    w.stop()
+def example_worker(start_worker):
+    return start_worker(EXAMPLE, "cli", redis=True, env={"DEEPAGENT_SCRIPTED_TOKEN_DELAY": "0.002"})
 
 
 def test_run_prints_tokens_live_and_health_endpoints(temporal_server, redis_server, example_worker):

@@ -1,0 +1,37 @@
+"""Workers for integration tests: real `deepagent-temporal worker` processes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from deepagent_temporal.workerproc import WorkerProcess
+
+
+@pytest.fixture(scope="module")
+def start_worker(temporal_server, redis_server, tmp_path_factory):
+    """Start a worker process on a fresh task queue; every one is stopped with the module.
+
+    ``redis=True`` gives it the session's Redis (restarted first if a test stopped it), so
+    tokens go through Phase 2; otherwise they go through Temporal only.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(graph: str, name: str, *, redis: bool = False, **options) -> WorkerProcess:
+        if redis and not redis_server.process.running:
+            redis_server.start()
+        worker = WorkerProcess(
+            graph,
+            temporal_server.address,
+            f"{name}-{uuid.uuid4().hex[:6]}",
+            redis_url=redis_server.url if redis else None,
+            log_dir=tmp_path_factory.mktemp(f"worker-{name}"),
+            **options,
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
