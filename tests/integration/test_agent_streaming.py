@@ -52,6 +52,14 @@ def _agent(client, worker, graph, redis_url=None):
     )
 
 
+@pytest.fixture
+def make_agent(transport, temporal_client, redis_server, worker_redis, worker_p1):
+    """Client agents for a graph, on the worker of the test's transport (redis = Phase 2)."""
+    redis = transport == "redis"
+    worker = worker_redis if redis else worker_p1
+    return lambda graph: _agent(temporal_client, worker, graph, redis_server.url if redis else None)
+
+
 def _config():
     return {"configurable": {"thread_id": f"t-{uuid.uuid4().hex}"}}
 
@@ -90,13 +98,8 @@ def check_guarantees(events, final_messages, nested=False):
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_deep_agent_streams_every_token_once(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    agent = _agent(
-        temporal_client, worker, "deep_agent", redis_server.url if transport == "redis" else None
-    )
+async def test_deep_agent_streams_every_token_once(transport, make_agent):
+    agent = make_agent("deep_agent")
     config = _config()
     events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
     state = await agent.get_state(config)
@@ -112,13 +115,8 @@ async def test_deep_agent_streams_every_token_once(
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_send_fanout_streams_both_branches_interleaved(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    agent = _agent(
-        temporal_client, worker, "fanout", redis_server.url if transport == "redis" else None
-    )
+async def test_send_fanout_streams_both_branches_interleaved(transport, make_agent):
+    agent = make_agent("fanout")
     config = _config()
     events = await _collect(agent, {"topics": ["alpha", "beta"], "messages": []}, config)
     state = await agent.get_state(config)
@@ -156,13 +154,8 @@ async def test_messages_mode_and_mixed_modes(temporal_client, redis_server, work
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_failed_attempt_after_tokens_emits_reset(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    agent = _agent(
-        temporal_client, worker, "flaky_agent", redis_server.url if transport == "redis" else None
-    )
+async def test_failed_attempt_after_tokens_emits_reset(transport, make_agent):
+    agent = make_agent("flaky_agent")
     config = _config()
     events = await _collect(agent, {"messages": [{"role": "user", "content": "hi"}]}, config)
     resets = [e for e in events if e["type"] == "reset"]
@@ -176,16 +169,8 @@ async def test_failed_attempt_after_tokens_emits_reset(
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_nested_subagent_tokens_carry_namespace(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    agent = _agent(
-        temporal_client,
-        worker,
-        "subagent_agent",
-        redis_server.url if transport == "redis" else None,
-    )
+async def test_nested_subagent_tokens_carry_namespace(transport, make_agent):
+    agent = make_agent("subagent_agent")
     config = _config()
     events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
     state = await agent.get_state(config)
@@ -201,16 +186,8 @@ async def test_nested_subagent_tokens_carry_namespace(
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_create_agent_with_summarization_streams_every_call(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    agent = _agent(
-        temporal_client,
-        worker,
-        "summarizing_agent",
-        redis_server.url if transport == "redis" else None,
-    )
+async def test_create_agent_with_summarization_streams_every_call(transport, make_agent):
+    agent = make_agent("summarizing_agent")
     config = _config()
     events = await _collect(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
     state = await agent.get_state(config)
@@ -225,13 +202,9 @@ async def test_create_agent_with_summarization_streams_every_call(
 
 
 @pytest.mark.parametrize("transport", ["redis", "temporal"])
-async def test_late_client_joins_and_gets_every_token_from_the_start(
-    transport, temporal_client, redis_server, worker_redis, worker_p1
-):
-    worker = worker_redis if transport == "redis" else worker_p1
-    redis_url = redis_server.url if transport == "redis" else None
-    first = _agent(temporal_client, worker, "fanout", redis_url)
-    late = _agent(temporal_client, worker, "fanout", redis_url)
+async def test_late_client_joins_and_gets_every_token_from_the_start(transport, make_agent):
+    first = make_agent("fanout")
+    late = make_agent("fanout")
     config = _config()
     first_events = []
     joined = None
