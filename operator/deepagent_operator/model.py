@@ -42,6 +42,20 @@ def _quantity_field(**kw: Any) -> Any:
     )
 
 
+def _quantity_map_field() -> Any:
+    """A map of resource name to quantity, as core/v1 ResourceRequirements has it."""
+    return Field(
+        default=None,
+        json_schema_extra={
+            "additionalProperties": {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "pattern": QUANTITY_PATTERN,
+                "x-kubernetes-int-or-string": True,
+            }
+        },
+    )
+
+
 def _name_field(description: str, **kw: Any) -> Any:
     return Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description=description, **kw)
 
@@ -116,26 +130,8 @@ class EnvFromSource(_Model):
 
 
 class ResourceRequirements(_Model):
-    limits: dict[str, Quantity] | None = Field(
-        default=None,
-        json_schema_extra={
-            "additionalProperties": {
-                "anyOf": [{"type": "integer"}, {"type": "string"}],
-                "pattern": QUANTITY_PATTERN,
-                "x-kubernetes-int-or-string": True,
-            }
-        },
-    )
-    requests: dict[str, Quantity] | None = Field(
-        default=None,
-        json_schema_extra={
-            "additionalProperties": {
-                "anyOf": [{"type": "integer"}, {"type": "string"}],
-                "pattern": QUANTITY_PATTERN,
-                "x-kubernetes-int-or-string": True,
-            }
-        },
-    )
+    limits: dict[str, Quantity] | None = _quantity_map_field()
+    requests: dict[str, Quantity] | None = _quantity_map_field()
 
 
 class TemporalTLS(_Model):
