@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -144,9 +145,23 @@ async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None)
 # ---------------------------------------------------------------------------------------
 
 
-async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
+def _single_model_graph(model: Any) -> Any:
+    """START -> one node that calls ``model`` -> END: the in-process LangGraph floor."""
     from langgraph.graph import END, START, MessagesState, StateGraph
 
+    async def call_model(state: MessagesState) -> dict:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    return (
+        StateGraph(MessagesState)
+        .add_node("model", call_model)
+        .add_edge(START, "model")
+        .add_edge("model", END)
+        .compile()
+    )
+
+
+async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
     from deepagent_temporal.testing import ScriptedChatModel
 
     emitted: list[float] = []
@@ -156,17 +171,7 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
         tokens_per_second=rate or None,
         on_token=lambda tok, ts: emitted.append(ts),
     )
-
-    async def call_model(state: MessagesState) -> dict:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    graph = (
-        StateGraph(MessagesState)
-        .add_node("model", call_model)
-        .add_edge(START, "model")
-        .add_edge("model", END)
-        .compile()
-    )
+    graph = _single_model_graph(model)
     received: list[float] = []
     t0 = time.perf_counter()
     async for chunk, _meta in graph.astream({"messages": [("user", "hi")]}, stream_mode="messages"):
@@ -184,22 +189,10 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
 
 
 async def bench_floor_throughput(calls: int = 40, tokens_per_call: int = 500) -> Row:
-    from langgraph.graph import END, START, MessagesState, StateGraph
-
     from deepagent_temporal.testing import ScriptedChatModel
 
     model = ScriptedChatModel(script=["x" * tokens_per_call], split="chars")
-
-    async def call_model(state: MessagesState) -> dict:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    graph = (
-        StateGraph(MessagesState)
-        .add_node("model", call_model)
-        .add_edge(START, "model")
-        .add_edge("model", END)
-        .compile()
-    )
+    graph = _single_model_graph(model)
     n = 0
     t0 = time.perf_counter()
     for _ in range(calls):
