@@ -1,0 +1,466 @@
+"""The contracts every part agrees on: token events, stream names, run markers, worker env.
+
+This module is the one place that names them. Capture, transport, client, engine, the
+CLI and the operator import it; none of them spells an event field, a stream topic or an
+environment variable name itself (``tests/unit/test_contract.py`` checks the env names).
+It imports only the standard library, so the operator image and the workflow sandbox can
+import it for free. ``docs/architecture.md`` describes the same contracts in prose; its
+environment table is generated from :class:`WorkerEnv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+try:  # orjson ships with the runtime (a langgraph dependency); json is the fallback
+    import orjson
+
+    def dumps(obj: Any) -> bytes:
+        """Encode an event (or a list of events) as compact JSON bytes."""
+        return orjson.dumps(obj, default=str)
+
+    loads = orjson.loads
+except ImportError:  # pragma: no cover - the operator image has no orjson
+    import json
+
+    def dumps(obj: Any) -> bytes:
+        """Encode an event (or a list of events) as compact JSON bytes."""
+        return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+    loads = json.loads
+
+
+# ------------------------------------------------------------------------------------
+# Token events
+# ------------------------------------------------------------------------------------
+
+#: The two paths a token can take. One word each, in code, docs, metrics and events.
+REDIS = "redis"
+TEMPORAL = "temporal"
+Transport = Literal["redis", "temporal"]
+
+EventType = Literal["token", "llm_start", "llm_end", "reset", "complete"]
+
+
+class TokenEvent(TypedDict, total=False):
+    """One streamed event: a plain dict on the wire (JSON in Redis, msgpack in Temporal).
+
+    Identity of an LLM call: ``(task_id or node, attempt, llm_call)``; of a token: that
+    plus ``index`` (0, 1, 2, ... within the call). ``seq`` is assigned by each client's
+    merger in delivery order; it is not a resume cursor (``redis_id`` is, on the Redis path).
+    """
+
+    type: EventType
+    token: str
+    seq: int
+    node: str | None
+    namespace: list[str]
+    task_id: str | None
+    llm_call: int
+    index: int
+    attempt: int
+    next_attempt: int
+    message_id: str | None
+    source: Transport
+    tool_call_chunks: list[dict[str, Any]]
+    token_count: int
+    ts: float
+    error: str
+    nostream: bool
+    #: set by a reader: the Redis entry id (resume cursor); stripped before delivery
+    redis_id: str
+    #: set on events re-sent through Temporal after Redis failed; stripped before delivery
+    replay: bool
+
+
+#: keys a reader adds for delivery bookkeeping; the client merger strips them
+INTERNAL_EVENT_KEYS = ("redis_id", "replay")
+
+#: Redis stream entry fields: one event, or a JSON list of events queued together
+ENTRY_EVENT = b"e"
+ENTRY_BATCH = b"b"
+
+#: default prefix of the per-run Redis stream key ``<prefix>:<workflow id>:<run id>``
+STREAM_KEY_PREFIX = "deepagent:stream"
+
+
+def stream_key(workflow_id: str, run_id: str, prefix: str = STREAM_KEY_PREFIX) -> str:
+    """The Redis stream that carries one workflow run's tokens."""
+    return f"{prefix}:{workflow_id}:{run_id}"
+
+
+def encode_entry(events: list[bytes]) -> tuple[bytes, bytes]:
+    """Fields of one stream entry for already-encoded events."""
+    if len(events) == 1:
+        return ENTRY_EVENT, events[0]
+    return ENTRY_BATCH, b"[" + b",".join(events) + b"]"
+
+
+def decode_entry(fields: list[bytes]) -> list[dict[str, Any]]:
+    """Events of one stream entry (``[name, value, ...]`` as XREAD returns it)."""
+    for i in range(0, len(fields) - 1, 2):
+        name, value = fields[i], fields[i + 1]
+        if name == ENTRY_EVENT:
+            return [loads(value)]
+        if name == ENTRY_BATCH:
+            return list(loads(value))
+    return []
+
+
+def complete_event(ts: float, **extra: Any) -> dict[str, Any]:
+    """The last entry of a run's Redis stream: every Redis-carried token came before it."""
+    return {"type": "complete", "token": "", "ts": ts, **extra}
+
+
+# ------------------------------------------------------------------------------------
+# The workflow's interface (what a client calls, what the workflow publishes)
+# ------------------------------------------------------------------------------------
+
+WORKFLOW_NAME = "DeepAgentGraphRun"
+GET_STATE_QUERY = "get_state"
+PAUSE_COUNT_QUERY = "pause_count"
+RESUME_SIGNAL = "resume"
+WAIT_UPDATE = "wait"
+#: the activity that writes a run's Redis ``complete`` entry at its end
+FINISH_STREAM_ACTIVITY = "deepagent.finish_stream"
+
+#: workflow-stream topics: token batches of the Temporal path, ``get_stream_writer``
+#: output, ``values`` / ``updates`` chunks, run lifecycle markers
+TOKENS_TOPIC = "tokens"
+CUSTOM_TOPIC = "custom"
+GRAPH_TOPIC = "graph"
+RUN_TOPIC = "run"
+
+#: run markers on RUN_TOPIC: ``{"kind": <marker>, "data": ..., ...}``
+RUN_PAUSE = "pause"  # an interrupt: data = the interrupts; the run waits for RESUME_SIGNAL
+RUN_RESUMED = "resumed"
+RUN_ERROR = "error"  # data = the failure message
+RUN_END = "end"  # ``redis_complete``: True if the Redis ``complete`` entry was written
+RUN_ENDING_MARKERS = (RUN_END, RUN_PAUSE, RUN_ERROR)
+
+
+@dataclass
+class RunRequest:
+    """Workflow input."""
+
+    graph: str | None
+    input: Any
+    config: dict[str, Any] = field(default_factory=dict)
+    stream_modes: list[str] = field(default_factory=lambda: ["values", "updates"])
+    #: final values of the thread's previous run: a new run on a thread continues it
+    prior_values: Any = None
+
+
+@dataclass
+class RunState:
+    """What the ``get_state`` query and the ``wait`` update return."""
+
+    values: Any = None
+    next: tuple[str, ...] = ()
+    interrupts: tuple[Any, ...] = ()
+    status: str = "running"  # running | interrupted | completed | failed
+    step: int = 0
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------
+# Worker environment
+# ------------------------------------------------------------------------------------
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+}
+
+
+def _var(
+    name: str,
+    kind: str,
+    default: Any,
+    doc: str,
+    *,
+    secret: bool = False,
+    deprecated_names: tuple[str, ...] = (),
+) -> Any:
+    return field(
+        default=default,
+        metadata={
+            "env": name,
+            "kind": kind,
+            "doc": doc,
+            "secret": secret,
+            "deprecated_names": deprecated_names,
+        },
+    )
+
+
+class EnvError(ValueError):
+    """A worker environment variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One documented variable of the worker environment."""
+
+    field: str
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    secret: bool
+    deprecated_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """Every environment variable a worker (``deepagent-temporal worker``) reads.
+
+    The operator renders a worker pod's env from it (:meth:`to_env`), the CLI reads its
+    defaults through it (:meth:`from_env`), and the tables in ``docs/architecture.md`` and
+    ``deepagent-temporal worker --help`` are generated from it (:meth:`markdown_table`).
+    """
+
+    graph: str | None = _var(
+        "DEEPAGENT_GRAPH",
+        "str",
+        None,
+        "Graphs to serve: `package.module:attribute` of a compiled graph or a zero-argument "
+        "factory; several separated by commas. Required.",
+    )
+    temporal_address: str = _var(
+        "TEMPORAL_ADDRESS", "str", "localhost:7233", "Temporal frontend `host:port`."
+    )
+    temporal_namespace: str = _var("TEMPORAL_NAMESPACE", "str", "default", "Temporal namespace.")
+    temporal_task_queue: str | None = _var(
+        "TEMPORAL_TASK_QUEUE", "str", None, "Task queue the worker polls. Required."
+    )
+    temporal_api_key: str | None = _var(
+        "TEMPORAL_API_KEY",
+        "str",
+        None,
+        "API key (e.g. Temporal Cloud); turns TLS on.",
+        secret=True,
+    )
+    temporal_tls_cert: str | None = _var(
+        "TEMPORAL_TLS_CERT", "str", None, "Path of the client certificate (mTLS)."
+    )
+    temporal_tls_key: str | None = _var(
+        "TEMPORAL_TLS_KEY", "str", None, "Path of the client private key (mTLS)."
+    )
+    temporal_tls_ca: str | None = _var(
+        "TEMPORAL_TLS_CA", "str", None, "Path of the server CA certificate."
+    )
+    token_streaming: bool = _var(
+        "DEEPAGENT_TOKEN_STREAMING",
+        "bool",
+        True,
+        "Capture LLM tokens and stream them (Redis path if REDIS_URL is set, else Temporal).",
+    )
+    redis_password: str | None = _var(
+        "REDIS_PASSWORD",
+        "str",
+        None,
+        "Not read by the worker: the operator sets it from the Managed Redis Secret so that "
+        "REDIS_URL can say `$(REDIS_PASSWORD)` (Kubernetes expands it).",
+        secret=True,
+    )
+    redis_url: str | None = _var(
+        "REDIS_URL",
+        "str",
+        None,
+        "Redis for the Redis path (`redis://[:password@]host:port/db`). Unset: tokens take "
+        "the Temporal path.",
+        secret=True,
+    )
+    stream_maxlen: int = _var(
+        "DEEPAGENT_STREAM_MAXLEN", "int", 10000, "Entries kept per run stream (`XADD MAXLEN ~`)."
+    )
+    stream_ttl_seconds: int = _var(
+        "DEEPAGENT_STREAM_TTL_SECONDS",
+        "int",
+        3600,
+        "Seconds a run stream lives after its last write (sliding `EXPIRE`).",
+    )
+    health_port: int | None = _var(
+        "DEEPAGENT_HEALTH_PORT",
+        "int",
+        None,
+        "Port of /healthz, /readyz and /metrics (the image sets 8080). Unset: no server.",
+    )
+    health_host: str = _var(
+        "DEEPAGENT_HEALTH_HOST",
+        "str",
+        "0.0.0.0",
+        "Address the health server binds (pods: all interfaces; local runs: 127.0.0.1).",
+    )
+    connect_timeout: float = _var(
+        "DEEPAGENT_CONNECT_TIMEOUT",
+        "float",
+        10.0,
+        "Seconds to wait for the Temporal server at start-up before exiting with code 3.",
+    )
+    shutdown_grace_seconds: float = _var(
+        "DEEPAGENT_SHUTDOWN_GRACE_SECONDS",
+        "float",
+        30.0,
+        "Seconds running activities may finish after SIGTERM.",
+    )
+    heartbeat_timeout_seconds: float = _var(
+        "DEEPAGENT_HEARTBEAT_TIMEOUT_SECONDS",
+        "float",
+        30.0,
+        "Node activities heartbeat; a worker that dies mid-node is detected after this long "
+        "and the node is retried elsewhere.",
+    )
+    temporal_batch_ms: float = _var(
+        "DEEPAGENT_TEMPORAL_BATCH_MS",
+        "float",
+        50.0,
+        "Batching interval of tokens on the Temporal path (latency against history size).",
+        deprecated_names=("DEEPAGENT_PHASE1_BATCH_MS",),
+    )
+    log_level: str = _var("DEEPAGENT_LOG_LEVEL", "str", "INFO", "Python log level.")
+    no_hard_exit: bool = _var(
+        "DEEPAGENT_NO_HARD_EXIT",
+        "bool",
+        False,
+        "Let the CLI return through the interpreter instead of `os._exit` after flushing "
+        "(embedding, debugging).",
+    )
+
+    # -- introspection -------------------------------------------------------------
+
+    @classmethod
+    def variables(cls) -> list[EnvVar]:
+        """Every variable, in declaration order."""
+        return [
+            EnvVar(
+                field=f.name,
+                name=f.metadata["env"],
+                kind=f.metadata["kind"],
+                default=f.default,
+                doc=f.metadata["doc"],
+                secret=f.metadata["secret"],
+                deprecated_names=f.metadata["deprecated_names"],
+            )
+            for f in dataclasses.fields(cls)
+        ]
+
+    @classmethod
+    def name(cls, field_name: str) -> str:
+        """The variable name of a field: ``WorkerEnv.name("redis_url") == "REDIS_URL"``."""
+        for var in cls.variables():
+            if var.field == field_name:
+                return var.name
+        raise KeyError(f"WorkerEnv has no field {field_name!r}")
+
+    # -- conversions ---------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerEnv:
+        """Read the variables (empty means unset); :class:`EnvError` names a bad value."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in cls.variables():
+            raw = None
+            for name in (var.name, *var.deprecated_names):
+                if environ.get(name, "") != "":
+                    raw = environ[name]
+                    break
+            if raw is None:
+                continue
+            try:
+                values[var.field] = _PARSERS[var.kind](raw)
+            except ValueError as exc:
+                raise EnvError(
+                    f"{var.name}={raw!r} is not a valid {var.kind} ({exc})"
+                ) from None
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """Every variable that has a value (defaults included), in declaration order."""
+        return self.render(**{var.field: getattr(self, var.field) for var in self.variables()})
+
+    @classmethod
+    def render(cls, **values: Any) -> dict[str, str]:
+        """Exactly the given fields (None skipped) as variables, in declaration order.
+
+        ``WorkerEnv.render(graph="pkg.mod:agent", token_streaming=False)`` is
+        ``{"DEEPAGENT_GRAPH": "pkg.mod:agent", "DEEPAGENT_TOKEN_STREAMING": "false"}``:
+        the operator and the local worker launcher set what they mean and nothing else.
+        """
+        known = {var.field for var in cls.variables()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"WorkerEnv has no field(s) {unknown}")
+        out: dict[str, str] = {}
+        for var in cls.variables():
+            value = values.get(var.field)
+            if value is not None:
+                out[var.name] = _show(value)
+        return out
+
+    # -- documentation -------------------------------------------------------------
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The env table of ``docs/architecture.md`` (drift-tested)."""
+        rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+        for var in cls.variables():
+            default = "" if var.default is None else f"`{_show(var.default)}`"
+            doc = var.doc
+            if var.deprecated_names:
+                doc += " Old name, still read: " + ", ".join(
+                    f"`{n}`" for n in var.deprecated_names
+                )
+            rows.append(f"| `{var.name}` | {var.kind} | {default} | {doc} |")
+        return "\n".join(rows) + "\n"
+
+    @classmethod
+    def help_text(cls) -> str:
+        """The environment section of ``deepagent-temporal worker --help``."""
+        lines = ["environment (flags override):"]
+        for var in cls.variables():
+            default = "" if var.default is None else f" [default: {_show(var.default)}]"
+            lines.append(f"  {var.name}{default}")
+            lines.append(f"      {var.doc.replace('`', '')}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:  # secrets never reach logs
+        parts = []
+        for var in self.variables():
+            value = getattr(self, var.field)
+            shown = "***" if var.secret and value is not None else repr(value)
+            parts.append(f"{var.field}={shown}")
+        return f"WorkerEnv({', '.join(parts)})"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def iter_env_names() -> Iterator[str]:
+    """Every worker variable name, deprecated ones included (for the literal scan test)."""
+    for var in WorkerEnv.variables():
+        yield var.name
+        yield from var.deprecated_names
