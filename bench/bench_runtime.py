@@ -2,9 +2,9 @@
 
 Rows (same columns as ``bench_streaming.py``, so the tables join):
 
-- (c) our Phase 1 via Temporal: ``deepagent-temporal worker`` child process without Redis,
+- (c) our Temporal path: ``deepagent-temporal worker`` child process without Redis,
   client ``astream(stream_mode="tokens")`` here; token batches ride workflow-stream signals
-  (``DEEPAGENT_PHASE1_BATCH_MS``, default 30 ms) and long-poll updates.
+  (``DEEPAGENT_TEMPORAL_BATCH_MS``, default 30 ms) and long-poll updates.
 - (d) Temporal Workflow Streams at their defaults: the official ``LangGraphPlugin`` with
   ``streaming_topic`` (node publishes every token with ``get_stream_writer()``, activity
   batch interval 100 ms), subscriber ``WorkflowStreamClient.subscribe`` (poll cooldown
@@ -14,7 +14,7 @@ Latency = receive time in this process - emit time stamped in the worker when th
 model yields the token (``ts``); same machine clock. tokens/s = tokens / (first emit ->
 last receive) of a run with no model delay.
 
-Usage: ``python bench/bench_runtime.py [--quick]``. Reusable: ``bench_phase1``,
+Usage: ``python bench/bench_runtime.py [--quick]``. Reusable: ``bench_temporal_path``,
 ``bench_workflow_streams_default``.
 """
 
@@ -52,7 +52,7 @@ class BenchState(TypedDict, total=False):
 
 
 def _model(state: BenchState, on_token: Any = None) -> Any:
-    from deepagent_temporal.testing import ScriptedChatModel
+    from deepagent_temporal.dev.scripted import ScriptedChatModel
 
     rate = float(state.get("rate") or 0)
     return ScriptedChatModel(
@@ -87,8 +87,8 @@ def _graph(node: Any, execute_in: str | None = None) -> StateGraph:
     return g
 
 
-#: DEEPAGENT_GRAPH=bench_runtime:phase1_graph (worker for row c)
-phase1_graph = _graph(model_node).compile(name="bench")
+#: DEEPAGENT_GRAPH=bench_runtime:temporal_path_graph (worker for row c)
+temporal_path_graph = _graph(model_node).compile(name="bench")
 
 
 @workflow.defn(name="BenchWorkflowStreams", sandboxed=False)
@@ -158,10 +158,10 @@ def _row(name: str, lat: list[float], tps: float | None, target: str, note: str)
     return Row(name, p50, p99, tokens_per_s=tps, note=note, target=target)
 
 
-async def bench_phase1(
+async def bench_temporal_path(
     address: str, tokens: int = 1000, rate: float = RATE, throughput_tokens: int = 20000
 ) -> Row:
-    """(c) Phase 1 via Temporal (no Redis), worker in another process."""
+    """(c) Temporal path (no Redis), worker in another process."""
     from temporalio.client import Client
 
     from deepagent_temporal import TemporalDeepAgent
@@ -170,7 +170,7 @@ async def bench_phase1(
     proc = await _spawn(
         [sys.executable, "-m", "deepagent_temporal", "worker"],
         {
-            "DEEPAGENT_GRAPH": "bench_runtime:phase1_graph",
+            "DEEPAGENT_GRAPH": "bench_runtime:temporal_path_graph",
             "TEMPORAL_ADDRESS": address,
             "TEMPORAL_TASK_QUEUE": queue,
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
@@ -200,7 +200,7 @@ async def bench_phase1(
     finally:
         await _stop(proc)
     return _row(
-        f"(c) Phase 1 via Temporal, 1 stream x {rate:g} tok/s, emit -> other process",
+        f"(c) Temporal path, 1 stream x {rate:g} tok/s, emit -> other process",
         lat,
         tps,
         "durable fallback",
@@ -248,19 +248,19 @@ async def bench_workflow_streams_default(
         f"(d) Temporal Workflow Streams at defaults (plugin streaming_topic), 1 x {rate:g} tok/s",
         lat,
         tps,
-        "baseline (Phase 2 should be >= 100x faster at p50)",
+        "baseline (the Redis path should be >= 100x faster at p50)",
         "100 ms publish batches, 100 ms poll cooldown",
     )
 
 
 async def main_async(quick: bool) -> list[Row]:
-    from deepagent_temporal.devservers import TemporalDevServer
+    from deepagent_temporal.dev.servers import TemporalDevServer
 
     tokens = 300 if quick else 1000
     tput = 5000 if quick else 20000
     with TemporalDevServer() as server:
         return [
-            await bench_phase1(server.address, tokens, throughput_tokens=tput),
+            await bench_temporal_path(server.address, tokens, throughput_tokens=tput),
             await bench_workflow_streams_default(server.address, tokens, throughput_tokens=tput),
         ]
 

@@ -1,11 +1,11 @@
-"""Token streaming benchmark: capture overhead, Redis throughput, Phase 2 latency, floor.
+"""Token streaming benchmark: capture overhead, Redis throughput, Redis-path latency, floor.
 
 Prints one markdown table. Rows:
 
 - handler overhead per token (``on_llm_new_token`` -> event routed; target <= 20 us);
 - LangGraph in-process ``astream(stream_mode="messages")`` (the floor), emit -> consumer;
 - tokens/s through Redis from one process (target >= 20,000);
-- Phase 2 latency, model emit -> subscriber in another process, at 200 tokens/s per stream,
+- Redis-path latency, model emit -> subscriber in another process, at 200 tokens/s per stream,
   for 1 stream (targets p50 <= 1 ms, p99 <= 5 ms) and 50 concurrent streams (p99 <= 20 ms).
 
 Emit time is taken where the chat model yields the chunk (``ScriptedChatModel.on_token``),
@@ -14,7 +14,7 @@ receive time is taken when the consumer gets the event. Both use ``time.time()``
 same machine.
 
 Reusable from other benchmarks (``bench_runtime.py``): ``Row``, ``percentiles``,
-``format_table``, ``bench_floor``, ``bench_phase2_latency``, ``redis_url_for_bench``.
+``format_table``, ``bench_floor``, ``bench_redis_path_latency``, ``redis_url_for_bench``.
 
 Usage: ``python bench/bench_streaming.py [--quick] [--redis-url URL]``.
 """
@@ -90,7 +90,7 @@ def redis_url_for_bench(url: str | None = None) -> Iterator[str]:
     if url:
         yield url
         return
-    from deepagent_temporal.devservers import RedisServer
+    from deepagent_temporal.dev.servers import RedisServer
 
     server = RedisServer()
     server.start()
@@ -109,7 +109,7 @@ async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None)
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk
 
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
+    from deepagent_temporal import RedisStreamBackend, TokenCapturingHandler
 
     backend = RedisStreamBackend(redis_url) if redis_url else None
     handler = TokenCapturingHandler(
@@ -132,7 +132,7 @@ async def bench_handler_overhead(n: int = 200_000, redis_url: str | None = None)
     await handler.flush()
     if backend is not None:
         await backend.aclose()
-    where = "+ Redis enqueue" if backend is not None else "Phase 1 buffer"
+    where = "+ Redis enqueue" if backend is not None else "Temporal-path buffer"
     return Row(
         f"handler overhead per token ({where})",
         note=f"{best * 1e6:.2f} us/token (best of 3 x {n:,})",
@@ -162,7 +162,7 @@ def _single_model_graph(model: Any) -> Any:
 
 
 async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
-    from deepagent_temporal.testing import ScriptedChatModel
+    from deepagent_temporal.dev.scripted import ScriptedChatModel
 
     emitted: list[float] = []
     model = ScriptedChatModel(
@@ -189,7 +189,7 @@ async def bench_floor(tokens: int = 1000, rate: float = RATE) -> Row:
 
 
 async def bench_floor_throughput(calls: int = 40, tokens_per_call: int = 500) -> Row:
-    from deepagent_temporal.testing import ScriptedChatModel
+    from deepagent_temporal.dev.scripted import ScriptedChatModel
 
     model = ScriptedChatModel(script=["x" * tokens_per_call], split="chars")
     graph = _single_model_graph(model)
@@ -216,7 +216,7 @@ async def bench_redis_throughput(redis_url: str, tokens: int = 200_000, streams:
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk
 
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
+    from deepagent_temporal import RedisStreamBackend, TokenCapturingHandler
 
     backend = RedisStreamBackend(redis_url, op_timeout=2.0)
     await backend.ping()
@@ -245,7 +245,7 @@ async def bench_redis_throughput(redis_url: str, tokens: int = 200_000, streams:
     writes = backend.writes
     await backend.aclose()
     return Row(
-        f"(b) Phase 2 publish throughput, one process, {streams} stream(s)",
+        f"(b) Redis path publish throughput, one process, {streams} stream(s)",
         tokens_per_s=per * streams / elapsed,
         note=f"{per * streams:,} tokens acknowledged by Redis in {writes:,} pipelines",
         target=">= 20,000",
@@ -256,8 +256,8 @@ async def bench_redis_throughput_via_model(
     redis_url: str, calls: int = 100, tokens_per_call: int = 500, concurrency: int = 10
 ) -> Row:
     """Chat model -> LangChain callbacks -> handler -> Redis, unpaced, in one process."""
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
-    from deepagent_temporal.testing import ScriptedChatModel
+    from deepagent_temporal import RedisStreamBackend, TokenCapturingHandler
+    from deepagent_temporal.dev.scripted import ScriptedChatModel
 
     backend = RedisStreamBackend(redis_url, op_timeout=2.0)
     model = ScriptedChatModel(script=["y" * tokens_per_call], split="chars")
@@ -276,21 +276,21 @@ async def bench_redis_throughput_via_model(
     elapsed = time.perf_counter() - t0
     await backend.aclose()
     return Row(
-        f"(b) Phase 2 end to end in one process: chat model -> LangChain -> Redis ({concurrency} concurrent calls)",
+        f"(b) Redis path end to end in one process: chat model -> LangChain -> Redis ({concurrency} concurrent calls)",
         tokens_per_s=calls * tokens_per_call / elapsed,
         note="bounded by LangChain's own per-chunk cost (compare the unpaced floor)",
     )
 
 
 # ---------------------------------------------------------------------------------------
-# 4. Phase 2 latency: emitter process -> Redis -> subscriber (this process)
+# 4. Redis-path latency: emitter process -> Redis -> subscriber (this process)
 # ---------------------------------------------------------------------------------------
 
 
 async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: float) -> None:
     """Child process: wait for GO on stdin, stream, print emit times as JSON on stdout."""
-    from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
-    from deepagent_temporal.testing import ScriptedChatModel
+    from deepagent_temporal import RedisStreamBackend, TokenCapturingHandler
+    from deepagent_temporal.dev.scripted import ScriptedChatModel
 
     backend = RedisStreamBackend(redis_url, op_timeout=2.0)
     await backend.ping()
@@ -328,14 +328,14 @@ async def _emitter(redis_url: str, wf: str, runs: list[str], tokens: int, rate: 
     await backend.aclose()
 
 
-async def bench_phase2_latency(
+async def bench_redis_path_latency(
     redis_url: str, streams: int = 1, tokens: int = 1000, rate: float = RATE, emitters: int = 1
 ) -> Row:
     """Model emit in worker process(es) -> Redis -> one subscriber in this process.
 
     ``emitters``: number of worker processes the streams are spread over (round robin).
     """
-    from deepagent_temporal.streaming import RedisStreamBackend
+    from deepagent_temporal import RedisStreamBackend
 
     wf = f"bench-{uuid.uuid4().hex[:8]}"
     runs = [uuid.uuid4().hex for _ in range(streams)]
@@ -404,7 +404,7 @@ async def bench_phase2_latency(
     target = "p50 <= 1 ms, p99 <= 5 ms" if streams == 1 else "p99 <= 20 ms"
     where = "1 worker process" if emitters == 1 else f"{emitters} worker processes"
     return Row(
-        f"(b) Phase 2 via Redis, {streams} stream(s) x {rate:g} tok/s, {where} -> subscriber process",
+        f"(b) Redis path, {streams} stream(s) x {rate:g} tok/s, {where} -> subscriber process",
         p50,
         p99,
         tokens_per_s=tokens * streams / elapsed,
@@ -441,14 +441,18 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
         rows.append(await bench_redis_throughput_via_model(url, 20 if quick else 100))
         trials = 1 if quick else 3
         rows.append(
-            await median_of(trials, lambda: bench_phase2_latency(url, 1, 300 if quick else 1000))
-        )
-        rows.append(
-            await median_of(trials, lambda: bench_phase2_latency(url, 50, 200 if quick else 400))
+            await median_of(
+                trials, lambda: bench_redis_path_latency(url, 1, 300 if quick else 1000)
+            )
         )
         rows.append(
             await median_of(
-                trials, lambda: bench_phase2_latency(url, 50, 200 if quick else 400, emitters=2)
+                trials, lambda: bench_redis_path_latency(url, 50, 200 if quick else 400)
+            )
+        )
+        rows.append(
+            await median_of(
+                trials, lambda: bench_redis_path_latency(url, 50, 200 if quick else 400, emitters=2)
             )
         )
     return rows

@@ -1,4 +1,17 @@
-"""Durable LangGraph / Deep Agents runs on Temporal with real-time token streaming."""
+"""Durable LangGraph / Deep Agents runs on Temporal with real-time token streaming.
+
+Layout (one concern per package; ``docs/architecture.md`` tells the whole story):
+
+* :mod:`.contract` - token events, stream names, run markers, the worker env (``WorkerEnv``);
+* :mod:`.capture` - the LangChain callback handler that turns model streaming into events;
+* :mod:`.transport` - the Redis path (writer, reader, circuit, replay) and the Temporal path;
+* :mod:`.client` - ``TemporalDeepAgent`` and the merge of both paths for a client;
+* :mod:`.engine` - the workflow, the node activities, the worker factory;
+* :mod:`.converter` - the Temporal data converter (shared by client and engine);
+* :mod:`.cli`, :mod:`.health`, :mod:`.metrics` - the process around a worker;
+* :mod:`.dev`, :mod:`.examples` - development tooling and example graphs (never imported
+  by the product packages; ``make lint`` checks it with import-linter).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +20,10 @@ from typing import Any
 __all__ = [
     "TemporalDeepAgent",
     "RedisStreamBackend",
+    "RedisStreamReader",
+    "TokenStreamMerger",
     "TokenEvent",
+    "WorkerEnv",
     "TokenCapturingHandler",
     "StreamingNodeWrapper",
     "wrap_graph_for_streaming",
@@ -20,17 +36,20 @@ __all__ = [
 ]
 
 _LAZY = {
-    "TemporalDeepAgent": ("deepagent_temporal.agent", "TemporalDeepAgent"),
-    "RunFailedError": ("deepagent_temporal.agent", "RunFailedError"),
-    "ThreadBusyError": ("deepagent_temporal.agent", "ThreadBusyError"),
-    "RedisStreamBackend": ("deepagent_temporal.streaming", "RedisStreamBackend"),
-    "TokenEvent": ("deepagent_temporal.streaming", "TokenEvent"),
-    "TokenCapturingHandler": ("deepagent_temporal.streaming", "TokenCapturingHandler"),
-    "StreamingNodeWrapper": ("deepagent_temporal.activity", "StreamingNodeWrapper"),
-    "wrap_graph_for_streaming": ("deepagent_temporal.activity", "wrap_graph_for_streaming"),
-    "create_streaming_worker": ("deepagent_temporal.worker", "create_streaming_worker"),
-    "create_worker": ("deepagent_temporal.worker", "create_worker"),
-    "load_graph": ("deepagent_temporal.worker", "load_graph"),
+    "TemporalDeepAgent": ("deepagent_temporal.client.agent", "TemporalDeepAgent"),
+    "RunFailedError": ("deepagent_temporal.client.agent", "RunFailedError"),
+    "ThreadBusyError": ("deepagent_temporal.client.agent", "ThreadBusyError"),
+    "TokenStreamMerger": ("deepagent_temporal.client.delivery", "TokenStreamMerger"),
+    "RedisStreamBackend": ("deepagent_temporal.transport.redis_writer", "RedisStreamBackend"),
+    "RedisStreamReader": ("deepagent_temporal.transport.redis_reader", "RedisStreamReader"),
+    "TokenEvent": ("deepagent_temporal.contract", "TokenEvent"),
+    "WorkerEnv": ("deepagent_temporal.contract", "WorkerEnv"),
+    "TokenCapturingHandler": ("deepagent_temporal.capture.handler", "TokenCapturingHandler"),
+    "StreamingNodeWrapper": ("deepagent_temporal.engine.activity", "StreamingNodeWrapper"),
+    "wrap_graph_for_streaming": ("deepagent_temporal.engine.activity", "wrap_graph_for_streaming"),
+    "create_streaming_worker": ("deepagent_temporal.engine.worker", "create_streaming_worker"),
+    "create_worker": ("deepagent_temporal.engine.worker", "create_worker"),
+    "load_graph": ("deepagent_temporal.engine.worker", "load_graph"),
     "data_converter": ("deepagent_temporal.converter", "data_converter"),
 }
 

@@ -1,10 +1,7 @@
 """``deepagent-temporal`` (also ``python -m deepagent_temporal``): worker, run, demo.
 
-Worker environment (flags override): DEEPAGENT_GRAPH, TEMPORAL_ADDRESS,
-TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, TEMPORAL_API_KEY, TEMPORAL_TLS_CERT,
-TEMPORAL_TLS_KEY, TEMPORAL_TLS_CA, DEEPAGENT_TOKEN_STREAMING, REDIS_URL,
-DEEPAGENT_STREAM_MAXLEN, DEEPAGENT_STREAM_TTL_SECONDS, DEEPAGENT_HEALTH_PORT,
-DEEPAGENT_HEALTH_HOST (default 0.0.0.0).
+Every default comes from the worker environment, :class:`~.contract.WorkerEnv` (flags
+override it); ``deepagent-temporal worker --help`` lists the variables.
 
 Exit codes: 0 ok, 1 run failed, 2 bad usage / bad graph reference, 3 Temporal
 unreachable.
@@ -24,23 +21,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from deepagent_temporal.contract import EnvError, WorkerEnv
+
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-log = logging.getLogger("deepagent_temporal.worker")
+log = logging.getLogger("deepagent_temporal.engine.worker")
 
 
 class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _env_bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _read(path: str | None) -> bytes | None:
@@ -52,20 +45,19 @@ def _read(path: str | None) -> bytes | None:
         raise CliError(f"cannot read {path}: {exc}", EXIT_USAGE) from exc
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument("--address", default=env("TEMPORAL_ADDRESS", "localhost:7233"))
-    p.add_argument("--namespace", default=env("TEMPORAL_NAMESPACE", "default"))
-    p.add_argument("--task-queue", default=env("TEMPORAL_TASK_QUEUE"))
-    p.add_argument("--api-key", default=env("TEMPORAL_API_KEY"))
-    p.add_argument("--tls-cert", default=env("TEMPORAL_TLS_CERT"))
-    p.add_argument("--tls-key", default=env("TEMPORAL_TLS_KEY"))
-    p.add_argument("--tls-ca", default=env("TEMPORAL_TLS_CA"))
-    p.add_argument("--redis-url", default=env("REDIS_URL"))
+def _add_connection_args(p: argparse.ArgumentParser, env: WorkerEnv) -> None:
+    p.add_argument("--address", default=env.temporal_address)
+    p.add_argument("--namespace", default=env.temporal_namespace)
+    p.add_argument("--task-queue", default=env.temporal_task_queue)
+    p.add_argument("--api-key", default=env.temporal_api_key)
+    p.add_argument("--tls-cert", default=env.temporal_tls_cert)
+    p.add_argument("--tls-key", default=env.temporal_tls_key)
+    p.add_argument("--tls-ca", default=env.temporal_tls_ca)
+    p.add_argument("--redis-url", default=env.redis_url)
     p.add_argument(
         "--connect-timeout",
         type=float,
-        default=float(env("DEEPAGENT_CONNECT_TIMEOUT", "10")),
+        default=env.connect_timeout,
         help="seconds to wait for the Temporal server before giving up",
     )
 
@@ -114,51 +106,44 @@ async def connect(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------------- worker
 
 
-def _worker_parser(sub: Any) -> None:
-    env = os.environ.get
-    p = sub.add_parser("worker", help="run a worker for DEEPAGENT_GRAPH")
+def _worker_parser(sub: Any, env: WorkerEnv) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a worker for the graphs of the worker environment",
+        epilog=WorkerEnv.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--graph",
-        default=env("DEEPAGENT_GRAPH"),
+        default=env.graph,
         help="package.module:attribute of a compiled graph or zero-arg factory "
         "(several separated by commas)",
     )
-    _add_connection_args(p)
+    _add_connection_args(p, env)
     p.add_argument(
         "--token-streaming",
         dest="token_streaming",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool(env("DEEPAGENT_TOKEN_STREAMING"), True),
+        default=env.token_streaming,
     )
-    p.add_argument(
-        "--stream-maxlen", type=int, default=int(env("DEEPAGENT_STREAM_MAXLEN", "10000"))
-    )
-    p.add_argument(
-        "--stream-ttl-seconds", type=int, default=int(env("DEEPAGENT_STREAM_TTL_SECONDS", "3600"))
-    )
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=int(env("DEEPAGENT_HEALTH_PORT")) if env("DEEPAGENT_HEALTH_PORT") else None,
-    )
+    p.add_argument("--stream-maxlen", type=int, default=env.stream_maxlen)
+    p.add_argument("--stream-ttl-seconds", type=int, default=env.stream_ttl_seconds)
+    p.add_argument("--health-port", type=int, default=env.health_port)
     p.add_argument(
         "--health-host",
-        default=env("DEEPAGENT_HEALTH_HOST", "0.0.0.0"),
+        default=env.health_host,
         help="address the health server binds (pods: all interfaces; local runs: 127.0.0.1)",
     )
-    p.add_argument(
-        "--shutdown-grace-seconds",
-        type=float,
-        default=float(env("DEEPAGENT_SHUTDOWN_GRACE_SECONDS", "30")),
-    )
+    p.add_argument("--shutdown-grace-seconds", type=float, default=env.shutdown_grace_seconds)
 
 
 def _load_graphs(spec: str | None) -> dict[str, Any]:
-    from deepagent_temporal.worker import GraphLoadError, load_graph
+    from deepagent_temporal.engine.worker import GraphLoadError, load_graph
 
+    graph_var = WorkerEnv.name("graph")
     if not spec:
         raise CliError(
-            "no graph to serve: set DEEPAGENT_GRAPH=package.module:attribute (or --graph)",
+            f"no graph to serve: set {graph_var}=package.module:attribute (or --graph)",
             EXIT_USAGE,
         )
     graphs: dict[str, Any] = {}
@@ -173,21 +158,24 @@ def _load_graphs(spec: str | None) -> dict[str, Any]:
         except GraphLoadError as exc:
             raise CliError(f"bad graph reference: {exc}", EXIT_USAGE) from exc
     if not graphs:
-        raise CliError("DEEPAGENT_GRAPH is empty", EXIT_USAGE)
+        raise CliError(f"{graph_var} is empty", EXIT_USAGE)
     return graphs
 
 
 async def run_worker(args: argparse.Namespace) -> int:
-    from deepagent_temporal.worker import create_worker
+    from deepagent_temporal.engine.worker import create_worker
 
     if not args.task_queue:
-        raise CliError("no task queue: set TEMPORAL_TASK_QUEUE (or --task-queue)", EXIT_USAGE)
+        raise CliError(
+            f"no task queue: set {WorkerEnv.name('temporal_task_queue')} (or --task-queue)",
+            EXIT_USAGE,
+        )
     graphs = _load_graphs(args.graph)
     client = await connect(args)
 
     backend = None
     if args.token_streaming and args.redis_url:
-        from deepagent_temporal.streaming import RedisStreamBackend
+        from deepagent_temporal.transport.redis_writer import RedisStreamBackend
 
         backend = RedisStreamBackend(
             args.redis_url, maxlen=args.stream_maxlen, ttl_seconds=args.stream_ttl_seconds
@@ -302,9 +290,9 @@ async def run_worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run
 
 
-def _run_parser(sub: Any) -> None:
+def _run_parser(sub: Any, env: WorkerEnv) -> None:
     p = sub.add_parser("run", help="start a run and print its tokens live")
-    _add_connection_args(p)
+    _add_connection_args(p, env)
     p.add_argument(
         "--graph", default=None, help="graph name on the worker (default: its only graph)"
     )
@@ -313,14 +301,16 @@ def _run_parser(sub: Any) -> None:
 
 
 async def run_client(args: argparse.Namespace) -> int:
-    from deepagent_temporal.agent import RunFailedError, TemporalDeepAgent
+    from deepagent_temporal.client.agent import RunFailedError, TemporalDeepAgent
 
     if not args.task_queue:
-        raise CliError("--task-queue (or TEMPORAL_TASK_QUEUE) is required", EXIT_USAGE)
+        raise CliError(
+            f"--task-queue (or {WorkerEnv.name('temporal_task_queue')}) is required", EXIT_USAGE
+        )
     client = await connect(args)
     backend = None
     if args.redis_url:
-        from deepagent_temporal.streaming import RedisStreamBackend
+        from deepagent_temporal.transport.redis_writer import RedisStreamBackend
 
         backend = RedisStreamBackend(args.redis_url)
     agent = TemporalDeepAgent(
@@ -362,14 +352,16 @@ async def run_client(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: WorkerEnv | None = None) -> argparse.ArgumentParser:
+    """The CLI; its defaults come from ``env`` (default: the process environment)."""
+    env = WorkerEnv.from_env() if env is None else env
     parser = argparse.ArgumentParser(
         prog="deepagent-temporal",
         description="Durable LangGraph / Deep Agents runs on Temporal with token streaming.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _worker_parser(sub)
-    _run_parser(sub)
+    _worker_parser(sub, env)
+    _run_parser(sub, env)
     d = sub.add_parser("demo", help="local Temporal + Redis + worker + example agent, one run")
     d.add_argument("--failover", action="store_true", help="kill Redis mid-answer")
     d.add_argument("question", nargs="?", default=None)
@@ -384,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     machine, which would turn a clean exit code into a crash.
     """
     code = _main(argv)
-    if argv is None and os.environ.get("DEEPAGENT_NO_HARD_EXIT") != "1":
+    try:
+        hard_exit = not WorkerEnv.from_env().no_hard_exit
+    except EnvError:
+        hard_exit = True
+    if argv is None and hard_exit:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -394,10 +390,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    try:
+        env = WorkerEnv.from_env()
+    except EnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser(env)
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=os.environ.get("DEEPAGENT_LOG_LEVEL", "INFO").upper(),
+        level=env.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -418,7 +419,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        from deepagent_temporal import demo
+        from deepagent_temporal.dev import demo
     except ImportError:
         print("deepagent-temporal demo: not yet implemented", file=sys.stderr)
         return EXIT_USAGE

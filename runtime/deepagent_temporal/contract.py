@@ -388,9 +388,7 @@ class WorkerEnv:
             try:
                 values[var.field] = _PARSERS[var.kind](raw)
             except ValueError as exc:
-                raise EnvError(
-                    f"{var.name}={raw!r} is not a valid {var.kind} ({exc})"
-                ) from None
+                raise EnvError(f"{var.name}={raw!r} is not a valid {var.kind} ({exc})") from None
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -426,9 +424,7 @@ class WorkerEnv:
             default = "" if var.default is None else f"`{_show(var.default)}`"
             doc = var.doc
             if var.deprecated_names:
-                doc += " Old name, still read: " + ", ".join(
-                    f"`{n}`" for n in var.deprecated_names
-                )
+                doc += " Old name, still read: " + ", ".join(f"`{n}`" for n in var.deprecated_names)
             rows.append(f"| `{var.name}` | {var.kind} | {default} | {doc} |")
         return "\n".join(rows) + "\n"
 

@@ -24,18 +24,18 @@ def _get_or_create(cls: type, name: str, doc: str, **kwargs: Any) -> Any:
 TOKENS_PUBLISHED = _get_or_create(
     Counter,
     "deepagent_stream_tokens_published",
-    "Token events handed to a transport, by transport (redis = Phase 2, temporal = Phase 1).",
+    "Token events handed to a transport, by transport (the Redis path or the Temporal path).",
     labelnames=("transport",),
 )
 EVENTS_REPLAYED = _get_or_create(
     Counter,
     "deepagent_stream_events_replayed",
-    "Events re-sent through Phase 1 after a Redis failure (the client de-duplicates them).",
+    "Events re-sent through the Temporal path after a Redis failure (the client de-duplicates them).",
 )
 FAILOVERS = _get_or_create(
     Counter,
     "deepagent_stream_failovers",
-    "LLM calls switched from Redis (Phase 2) to Temporal (Phase 1) mid-call or at start.",
+    "LLM calls switched from the Redis path to the Temporal path, mid-call or at start.",
     labelnames=("reason",),
 )
 REDIS_PUBLISH_LATENCY = _get_or_create(
@@ -59,12 +59,12 @@ REDIS_ERRORS = _get_or_create(
 CIRCUIT_STATE = _get_or_create(
     Gauge,
     "deepagent_stream_redis_circuit_open",
-    "1 while the Redis circuit breaker is open or half-open (Phase 1 in use for new calls).",
+    "1 while the Redis circuit breaker is open or half-open (new calls take the Temporal path).",
 )
-PHASE1_BATCHES = _get_or_create(
+TEMPORAL_BATCHES = _get_or_create(
     Counter,
-    "deepagent_stream_phase1_batches",
-    "Batches of token events handed to the Phase 1 (Temporal) publisher.",
+    "deepagent_stream_temporal_batches",
+    "Batches of token events handed to the Temporal path's publisher.",
 )
 LLM_CALLS = _get_or_create(
     Counter,
@@ -78,9 +78,9 @@ __all__ = [
     "EVENTS_REPLAYED",
     "FAILOVERS",
     "LLM_CALLS",
-    "PHASE1_BATCHES",
     "REDIS_ERRORS",
     "REDIS_PIPELINE_EVENTS",
     "REDIS_PUBLISH_LATENCY",
+    "TEMPORAL_BATCHES",
     "TOKENS_PUBLISHED",
 ]

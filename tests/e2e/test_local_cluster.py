@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from deepagent_temporal.devservers import ManagedProcess, free_port, port_open
+from deepagent_temporal.dev.servers import ManagedProcess, free_port, port_open
 from deepagent_temporal.examples.research_agent import SCRIPT
 from tests.harness.pods import container_argv, container_env, decode_secret_data
 from tests.harness.wait import wait_for

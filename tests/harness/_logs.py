@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepagent_temporal.devservers import ManagedProcess
+from deepagent_temporal.dev.servers import ManagedProcess
 
 
 def report_on_failure(session_failed: bool, processes: list[ManagedProcess]) -> None:

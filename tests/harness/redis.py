@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepagent_temporal.devservers import RedisServer
+from deepagent_temporal.dev.servers import RedisServer
 from tests.harness._logs import report_on_failure
 
 

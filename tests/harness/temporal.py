@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client
 
-from deepagent_temporal.devservers import TemporalDevServer
+from deepagent_temporal.dev.servers import TemporalDevServer
 from tests.harness._logs import report_on_failure
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from deepagent_temporal.workerproc import WorkerProcess
+from deepagent_temporal.dev.workerproc import WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def start_worker(temporal_server, redis_server, tmp_path_factory):
     """Start a worker process on a fresh task queue; every one is stopped with the module.
 
     ``redis=True`` gives it the session's Redis (restarted first if a test stopped it), so
-    tokens go through Phase 2; otherwise they go through Temporal only.
+    tokens take the Redis path; otherwise they go through Temporal only.
     """
     started: list[WorkerProcess] = []
 

@@ -1,7 +1,7 @@
 """Durable execution of graphs of every shape, worker in a separate process.
 
 sync/async nodes, a sync routing function, ``Command``, a subgraph node, custom stream
-events, interrupts + ``resume``, ``get_state``; and the Event History cost of Phase 2
+events, interrupts + ``resume``, ``get_state``; and the Event History cost of the Redis path
 token streaming, measured from the real history.
 """
 
@@ -16,8 +16,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
-from deepagent_temporal.activity import NodeActivityOutput
 from deepagent_temporal.converter import data_converter
+from deepagent_temporal.engine.activity import NodeActivityOutput
 from deepagent_temporal.examples import shapes
 
 pytestmark = pytest.mark.integration
@@ -126,10 +126,10 @@ async def _tokens_run(agent):
     return events, await handle.fetch_history(), await handle.result()
 
 
-async def test_phase2_history_is_a_summary_per_llm_call(
+async def test_redis_path_history_is_a_summary_per_llm_call(
     temporal_client, redis_server, worker, worker_no_tokens, record_property
 ):
-    """Measured from the real Event History of a Phase 2 run (2 LLM calls)."""
+    """Measured from the real Event History of a Redis-path run (2 LLM calls)."""
     if not redis_server.process.running:
         redis_server.start()
     streamed, hist_on, result = await _tokens_run(
@@ -156,19 +156,19 @@ async def test_phase2_history_is_a_summary_per_llm_call(
                 summaries.extend(out.token_summary)
                 bare = converter.to_payload(dataclasses.replace(out, token_summary=None))
                 summary_bytes += payloads[0].ByteSize() - bare.ByteSize()
-    assert signals == 0, "Phase 2 must not carry tokens through Temporal"
+    assert signals == 0, "The Redis path must not carry tokens through Temporal"
     assert len(summaries) == llm_calls
     assert sum(s["token_count"] for s in summaries) == len(tokens)
     per_call = summary_bytes / llm_calls
     _, hist_off, _ = await _tokens_run(_agent(temporal_client, worker_no_tokens, "deep_agent"))
     on, off = _history_bytes(hist_on), _history_bytes(hist_off)
-    record_property("phase2_history_bytes_per_llm_call", per_call)
+    record_property("redis_path_history_bytes_per_llm_call", per_call)
     record_property("history_bytes_tokens_on_off", f"{on}/{off}")
     print(
         f"history: {per_call:.0f} B of token summary per LLM call; whole run {on} B with "
-        f"Phase 2 tokens vs {off} B with token streaming off"
+        f"Redis-path tokens vs {off} B with token streaming off"
     )
-    assert per_call <= 300, f"Phase 2 added {per_call:.0f} B of history per LLM call"
+    assert per_call <= 300, f"The Redis path added {per_call:.0f} B of history per LLM call"
 
 
 async def test_thread_continues_across_runs(temporal_client, worker):

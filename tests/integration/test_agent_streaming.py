@@ -54,7 +54,7 @@ def _agent(client, worker, graph, redis_url=None):
 
 @pytest.fixture
 def make_agent(transport, temporal_client, redis_server, worker_redis, worker_p1):
-    """Client agents for a graph, on the worker of the test's transport (redis = Phase 2)."""
+    """Client agents for a graph, on the worker of the test's transport (the Redis path)."""
     redis = transport == "redis"
     worker = worker_redis if redis else worker_p1
     return lambda graph: _agent(temporal_client, worker, graph, redis_server.url if redis else None)
@@ -125,7 +125,7 @@ async def test_send_fanout_streams_both_branches_interleaved(transport, make_age
     order = [e["message_id"] for e in events if e["type"] == "token"]
     assert len(set(order)) == 2
     switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
-    # Phase 2 interleaves token by token; Phase 1 batch by batch (50 ms batches)
+    # the Redis path interleaves token by token; the Temporal path batch by batch (50 ms batches)
     minimum = 10 if transport == "redis" else 2  # 2: A..B..A at least
     assert switches >= minimum, f"branches were not interleaved ({switches} switches)"
     assert {e["source"] for e in events if e["type"] == "token"} == {transport}

@@ -1,6 +1,6 @@
-"""Phase 2 transport against a real redis-server: publish/subscribe, bounds, failover.
+"""The Redis path against a real redis-server: publish/subscribe, bounds, failover.
 
-The Phase 1 sink here is an in-memory queue standing in for the Temporal path (the
+The Temporal-path sink here is an in-memory queue standing in for the Temporal path (the
 Temporal side is tested elsewhere); Redis itself is never mocked: failures are real
 SIGKILLs of the redis-server process.
 """
@@ -14,9 +14,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from deepagent_temporal.delivery import TokenStreamMerger
-from deepagent_temporal.streaming import RedisStreamBackend, TokenCapturingHandler
-from deepagent_temporal.testing import ScriptedChatModel, split_tokens
+from deepagent_temporal import RedisStreamBackend, TokenCapturingHandler
+from deepagent_temporal.client.delivery import TokenStreamMerger
+from deepagent_temporal.dev.scripted import ScriptedChatModel, split_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,8 @@ def ids() -> tuple[str, str]:
     return f"wf-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
 
 
-class Phase1Queue:
-    """The Phase 1 sink (async callable) and the client's view of it (async iterator)."""
+class TemporalPathQueue:
+    """The Temporal-path sink (async callable) and the client's view of it (async iterator)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -78,7 +78,7 @@ async def run_activity(
     wf: str,
     run: str,
     replies: list[str],
-    phase1: Phase1Queue,
+    temporal_path: TemporalPathQueue,
     *,
     task_id: str = "act-1",
     token_delay: float = 0.0,
@@ -91,7 +91,7 @@ async def run_activity(
         node="model",
         task_id=task_id,
         redis=backend,
-        phase1_publish=phase1,
+        temporal_publish=temporal_path,
     )
     model = ScriptedChatModel(
         script=replies, mode="sequential", token_delay=token_delay, on_token=on_token, split=split
@@ -104,15 +104,21 @@ async def run_activity(
     return contents, summaries
 
 
-async def finish_run(backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue) -> bool:
-    ok = await backend.publish_complete(wf, run, phase1_publish=phase1)
+async def finish_run(
+    backend: RedisStreamBackend, wf: str, run: str, temporal_path: TemporalPathQueue
+) -> bool:
+    ok = await backend.publish_complete(wf, run, temporal_publish=temporal_path)
     if not ok:  # the Temporal side ends the stream when Redis cannot
-        phase1.complete()
+        temporal_path.complete()
     return ok
 
 
 async def client(
-    backend: RedisStreamBackend, wf: str, run: str, phase1: Phase1Queue, slow: float = 0.0
+    backend: RedisStreamBackend,
+    wf: str,
+    run: str,
+    temporal_path: TemporalPathQueue,
+    slow: float = 0.0,
 ):
     async def redis_src():
         async for ev in backend.subscribe(wf, run, block_ms=200):
@@ -120,7 +126,7 @@ async def client(
                 await asyncio.sleep(slow)
             yield ev
 
-    return [e async for e in TokenStreamMerger().amerge(redis_src(), phase1.iterate())]
+    return [e async for e in TokenStreamMerger().amerge(redis_src(), temporal_path.iterate())]
 
 
 @pytest.fixture
@@ -134,25 +140,27 @@ async def backend(redis_up):
 
 async def test_publish_subscribe_live(backend):
     wf, run = ids()
-    phase1 = Phase1Queue()
-    consumer = asyncio.create_task(client(backend, wf, run, phase1))
-    contents, summaries = await run_activity(backend, wf, run, REPLIES, phase1, token_delay=0.001)
-    assert await finish_run(backend, wf, run, phase1)
+    temporal_path = TemporalPathQueue()
+    consumer = asyncio.create_task(client(backend, wf, run, temporal_path))
+    contents, summaries = await run_activity(
+        backend, wf, run, REPLIES, temporal_path, token_delay=0.001
+    )
+    assert await finish_run(backend, wf, run, temporal_path)
     out = await asyncio.wait_for(consumer, 10)
     assert contents == REPLIES
     check_delivery(out, REPLIES)
     assert {e["source"] for e in out} == {"redis"}
-    assert phase1.events == []  # Phase 2 only: nothing through Temporal
+    assert temporal_path.events == []  # Redis path only: nothing through Temporal
     assert [s["transport"] for s in summaries] == ["redis"] * 3
     assert [s["token_count"] for s in summaries] == [len(split_tokens(r)) for r in REPLIES]
 
 
 async def test_late_subscriber_gets_everything_from_the_start(backend):
     wf, run = ids()
-    phase1 = Phase1Queue()
-    await run_activity(backend, wf, run, REPLIES, phase1)
-    assert await finish_run(backend, wf, run, phase1)
-    out = await asyncio.wait_for(client(backend, wf, run, phase1), 10)
+    temporal_path = TemporalPathQueue()
+    await run_activity(backend, wf, run, REPLIES, temporal_path)
+    assert await finish_run(backend, wf, run, temporal_path)
+    out = await asyncio.wait_for(client(backend, wf, run, temporal_path), 10)
     check_delivery(out, REPLIES)
     # resume from a cursor: only what follows it
     first = [e async for e in backend.subscribe(wf, run)]
@@ -185,9 +193,9 @@ async def test_maxlen_and_sliding_expire(redis_up):
 
 async def test_writes_are_pipelined_and_batched(backend):
     wf, run = ids()
-    phase1 = Phase1Queue()
+    temporal_path = TemporalPathQueue()
     text = "p" * 5000
-    contents, summaries = await run_activity(backend, wf, run, [text], phase1, split="chars")
+    contents, summaries = await run_activity(backend, wf, run, [text], temporal_path, split="chars")
     assert summaries[0]["transport"] == "redis"
     # tokens queued while a pipeline is in flight ride the next one
     assert backend.events_written == 5002
@@ -235,7 +243,7 @@ KILL_POINTS = {
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 async def test_redis_killed_mid_stream(redis_server, redis_up, backend, point, slow_client):
     wf, run = ids()
-    phase1 = Phase1Queue()
+    temporal_path = TemporalPathQueue()
     kill_at = KILL_POINTS[point]
     emitted = [0]
 
@@ -244,14 +252,14 @@ async def test_redis_killed_mid_stream(redis_server, redis_up, backend, point, s
             redis_server.kill()
         emitted[0] += 1
 
-    consumer = asyncio.create_task(client(backend, wf, run, phase1, slow=slow_client))
+    consumer = asyncio.create_task(client(backend, wf, run, temporal_path, slow=slow_client))
     try:
         contents, summaries = await run_activity(
-            backend, wf, run, REPLIES, phase1, token_delay=0.002, on_token=on_token
+            backend, wf, run, REPLIES, temporal_path, token_delay=0.002, on_token=on_token
         )
         assert not redis_server.process.running
         assert contents == REPLIES
-        assert not await finish_run(backend, wf, run, phase1)
+        assert not await finish_run(backend, wf, run, temporal_path)
         out = await asyncio.wait_for(consumer, 15)
     finally:
         consumer.cancel()
@@ -260,34 +268,36 @@ async def test_redis_killed_mid_stream(redis_server, redis_up, backend, point, s
     assert summaries[-1]["transport"] == "temporal"
     assert backend.circuit.state != "closed"
 
-    # Redis comes back: new LLM calls go back to Phase 2
+    # Redis comes back: new LLM calls go back to the Redis path
     redis_server.start()
     wf2, run2 = ids()
-    phase1b = Phase1Queue()
+    temporal_path_b = TemporalPathQueue()
     deadline = time.monotonic() + 10
     while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     assert backend.circuit.state == "closed"
-    consumer = asyncio.create_task(client(backend, wf2, run2, phase1b))
-    contents, summaries = await run_activity(backend, wf2, run2, REPLIES[:1], phase1b)
-    assert await finish_run(backend, wf2, run2, phase1b)
+    consumer = asyncio.create_task(client(backend, wf2, run2, temporal_path_b))
+    contents, summaries = await run_activity(backend, wf2, run2, REPLIES[:1], temporal_path_b)
+    assert await finish_run(backend, wf2, run2, temporal_path_b)
     out = await asyncio.wait_for(consumer, 10)
     check_delivery(out, REPLIES[:1])
-    assert summaries[0]["transport"] == "redis" and phase1b.events == []
+    assert summaries[0]["transport"] == "redis" and temporal_path_b.events == []
 
 
 async def test_redis_killed_between_calls_and_between_activities(redis_server, redis_up, backend):
     """Redis dies while no call is active: what it held (unread by a lagging client) is
-    replayed through Phase 1 when the next call notices."""
+    replayed through the Temporal path when the next call notices."""
     wf, run = ids()
-    phase1 = Phase1Queue()
-    await run_activity(backend, wf, run, REPLIES[:1], phase1, task_id="act-1")
+    temporal_path = TemporalPathQueue()
+    await run_activity(backend, wf, run, REPLIES[:1], temporal_path, task_id="act-1")
     redis_server.kill()
-    contents, summaries = await run_activity(backend, wf, run, REPLIES[1:], phase1, task_id="act-2")
+    contents, summaries = await run_activity(
+        backend, wf, run, REPLIES[1:], temporal_path, task_id="act-2"
+    )
     assert [s["transport"] for s in summaries] == ["temporal", "temporal"]
-    assert not await finish_run(backend, wf, run, phase1)
-    # the client connects only now: Redis lost everything, Phase 1 has it all
-    out = await asyncio.wait_for(client(backend, wf, run, phase1), 15)
+    assert not await finish_run(backend, wf, run, temporal_path)
+    # the client connects only now: Redis lost everything, the Temporal path has it all
+    out = await asyncio.wait_for(client(backend, wf, run, temporal_path), 15)
     calls = {}
     for e in out:
         if e["type"] == "token":
@@ -299,16 +309,16 @@ async def test_redis_killed_between_calls_and_between_activities(redis_server, r
 async def test_redis_down_before_the_run(redis_server, redis_up, backend):
     redis_server.kill()
     wf, run = ids()
-    phase1 = Phase1Queue()
-    consumer = asyncio.create_task(client(backend, wf, run, phase1))
+    temporal_path = TemporalPathQueue()
+    consumer = asyncio.create_task(client(backend, wf, run, temporal_path))
     t0 = time.monotonic()
-    contents, summaries = await run_activity(backend, wf, run, REPLIES, phase1)
+    contents, summaries = await run_activity(backend, wf, run, REPLIES, temporal_path)
     assert time.monotonic() - t0 < 5  # bounded timeouts, no hang
     assert [s["transport"] for s in summaries] == ["temporal"] * 3
-    assert not await finish_run(backend, wf, run, phase1)
+    assert not await finish_run(backend, wf, run, temporal_path)
     out = await asyncio.wait_for(consumer, 15)
     check_delivery(out, REPLIES)
-    assert len(phase1.batches) < 20
+    assert len(temporal_path.batches) < 20
 
 
 async def test_subscriber_survives_restart_and_resumes(redis_server, redis_up):
@@ -381,7 +391,7 @@ async def test_subscriber_is_cancellable(redis_up):
 
 async def test_retry_attempt_reset_travels_through_redis(backend):
     wf, run = ids()
-    phase1 = Phase1Queue()
+    temporal_path = TemporalPathQueue()
     model = ScriptedChatModel(script=["one two three four five"], fail_after_tokens=2)
     h1 = TokenCapturingHandler(
         workflow_id=wf, run_id=run, node="m", task_id="a", redis=backend, attempt=1
@@ -394,8 +404,8 @@ async def test_retry_attempt_reset_travels_through_redis(backend):
     )
     final = await model.ainvoke("q", config={"callbacks": [h2]})
     await h2.flush()
-    await finish_run(backend, wf, run, phase1)
-    out = await asyncio.wait_for(client(backend, wf, run, phase1), 10)
+    await finish_run(backend, wf, run, temporal_path)
+    out = await asyncio.wait_for(client(backend, wf, run, temporal_path), 10)
     types = [e["type"] for e in out]
     assert "reset" in types
     after = out[types.index("reset") + 1 :]
@@ -407,7 +417,7 @@ async def test_retry_attempt_reset_travels_through_redis(backend):
 async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_up, backend):
     """Kill + immediate restart (empty Redis): the call fails over, later calls use Redis."""
     wf, run = ids()
-    phase1 = Phase1Queue()
+    temporal_path = TemporalPathQueue()
     emitted = [0]
 
     def on_token(tok: str, ts: float) -> None:
@@ -417,12 +427,17 @@ async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_u
         emitted[0] += 1
 
     handler = TokenCapturingHandler(
-        workflow_id=wf, run_id=run, node="model", task_id="a", redis=backend, phase1_publish=phase1
+        workflow_id=wf,
+        run_id=run,
+        node="model",
+        task_id="a",
+        redis=backend,
+        temporal_publish=temporal_path,
     )
     model = ScriptedChatModel(
         script=REPLIES, mode="sequential", token_delay=0.002, on_token=on_token
     )
-    consumer = asyncio.create_task(client(backend, wf, run, phase1))
+    consumer = asyncio.create_task(client(backend, wf, run, temporal_path))
     try:
         for _ in REPLIES:
             await model.ainvoke("go", config={"callbacks": [handler]})
@@ -430,7 +445,7 @@ async def test_redis_restarted_mid_call_then_back_to_redis(redis_server, redis_u
             while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         summaries = await handler.flush()
-        assert await finish_run(backend, wf, run, phase1)
+        assert await finish_run(backend, wf, run, temporal_path)
         out = await asyncio.wait_for(consumer, 15)
     finally:
         consumer.cancel()
@@ -447,11 +462,11 @@ def _signal_redis(server, sig) -> None:
 
 async def test_redis_frozen_then_thawed_ambiguous_writes(redis_server, redis_up, backend):
     """SIGSTOP: writes time out (they may still land when Redis resumes): the client gets
-    some tokens twice (Redis and Phase 1) and the merger delivers each exactly once."""
+    some tokens twice (Redis and the Temporal path) and the merger delivers each exactly once."""
     import signal
 
     wf, run = ids()
-    phase1 = Phase1Queue()
+    temporal_path = TemporalPathQueue()
     emitted = [0]
     frozen = [False]
 
@@ -461,11 +476,11 @@ async def test_redis_frozen_then_thawed_ambiguous_writes(redis_server, redis_up,
             frozen[0] = True
         emitted[0] += 1
 
-    consumer = asyncio.create_task(client(backend, wf, run, phase1, slow=0.001))
+    consumer = asyncio.create_task(client(backend, wf, run, temporal_path, slow=0.001))
     try:
         t0 = time.monotonic()
         contents, summaries = await run_activity(
-            backend, wf, run, REPLIES, phase1, token_delay=0.002, on_token=on_token
+            backend, wf, run, REPLIES, temporal_path, token_delay=0.002, on_token=on_token
         )
         assert time.monotonic() - t0 < 10  # bounded: the activity never hangs on Redis
         assert summaries[0]["transport"] == "temporal"
@@ -477,7 +492,7 @@ async def test_redis_frozen_then_thawed_ambiguous_writes(redis_server, redis_up,
         deadline = time.monotonic() + 10
         while not backend.available() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        assert await finish_run(backend, wf, run, phase1)
+        assert await finish_run(backend, wf, run, temporal_path)
         out = await asyncio.wait_for(consumer, 15)
     finally:
         consumer.cancel()
@@ -489,7 +504,7 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
     executor threads (sync nodes). Redis dies mid-stream: every run's client still gets
     exactly its own tokens, once."""
     runs = [ids() for _ in range(6)]
-    phase1s = [Phase1Queue() for _ in runs]
+    temporal_paths = [TemporalPathQueue() for _ in runs]
     replies = [[f"run {k} says: " + " ".join(f"w{k}.{i}" for i in range(30))] for k in range(6)]
     emitted = [0]
 
@@ -500,7 +515,7 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
 
     consumers = [
         asyncio.create_task(client(backend, wf, run, p1))
-        for (wf, run), p1 in zip(runs, phase1s, strict=True)
+        for (wf, run), p1 in zip(runs, temporal_paths, strict=True)
     ]
 
     async def one(k: int) -> list[dict]:
@@ -511,7 +526,7 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
             node="model",
             task_id=f"t{k}",
             redis=backend,
-            phase1_publish=phase1s[k],
+            temporal_publish=temporal_paths[k],
         )
         model = ScriptedChatModel(script=replies[k], token_delay=0.001, on_token=on_token)
         if k % 2:
@@ -523,7 +538,7 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
     try:
         summaries = await asyncio.gather(*[one(k) for k in range(6)])
         assert not redis_server.process.running
-        for (wf, run), p1 in zip(runs, phase1s, strict=True):
+        for (wf, run), p1 in zip(runs, temporal_paths, strict=True):
             assert not await finish_run(backend, wf, run, p1)
         outs = await asyncio.wait_for(asyncio.gather(*consumers), 20)
     finally:
@@ -537,7 +552,7 @@ async def test_concurrent_runs_killed_together_sync_and_async(redis_server, redi
 
 async def test_password_and_database_from_the_url(tmp_path):
     """Managed Redis has a password (the operator's Secret); the URL may pick a database."""
-    from deepagent_temporal.devservers import RedisServer
+    from deepagent_temporal.dev.servers import RedisServer
 
     server = RedisServer(log_dir=tmp_path, password="s3cr/t")
     server.start()

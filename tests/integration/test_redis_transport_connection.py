@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from deepagent_temporal.redis_io import RedisConnection
-from deepagent_temporal.streaming import RedisStreamBackend, _io_with_timeout
+from deepagent_temporal import RedisStreamBackend
+from deepagent_temporal.transport.redis_connection import RedisConnection, io_with_timeout
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ async def test_a_dead_connection_is_reported_never_silently_replaced(redis_up):
     finally:
         await r.aclose()
     with pytest.raises((RedisConnectionError, ConnectionError)):
-        await _io_with_timeout(conn.command(b"PING"), 2.0)
+        await io_with_timeout(conn.command(b"PING"), 2.0)
     assert not conn.connected
     with pytest.raises(RedisConnectionError):  # redis-py would reconnect; the caller decides
         await conn.send([(b"PING",)])
@@ -120,7 +120,7 @@ async def test_a_timed_out_read_closes_the_connection(redis_up):
     conn = await RedisConnection.open(redis_up.url, client_name=name)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
-        await _io_with_timeout(
+        await io_with_timeout(
             conn.command(b"XREAD", b"BLOCK", 5000, b"STREAMS", f"t-{uuid.uuid4().hex}", b"$"), 0.1
         )
     assert time.monotonic() - t0 < 1.0

@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from deepagent_temporal.devservers import free_port
-from deepagent_temporal.workerproc import WorkerProcess
+from deepagent_temporal.dev.servers import free_port
+from deepagent_temporal.dev.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
-from deepagent_temporal.workerproc import WorkerProcess
+from deepagent_temporal.dev.workerproc import WorkerProcess
 from tests.integration.test_agent_streaming import check_guarantees
 
 pytestmark = pytest.mark.integration

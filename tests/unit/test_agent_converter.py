@@ -6,9 +6,9 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.types import Command, Interrupt, Send
 from temporalio.contrib.workflow_streams import PublishEntry, PublishInput
 
-from deepagent_temporal.activity import NodeActivityInput, NodeActivityOutput
 from deepagent_temporal.converter import ENCODING, data_converter, needs_langgraph_encoding
-from deepagent_temporal.workflow import RunRequest
+from deepagent_temporal.engine.activity import NodeActivityInput, NodeActivityOutput
+from deepagent_temporal.engine.workflow import RunRequest
 
 conv = data_converter.payload_converter
 

@@ -10,9 +10,14 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 
+from deepagent_temporal.engine.worker import (
+    DeepAgentPlugin,
+    GraphLoadError,
+    load_graph,
+    prepare_builder,
+)
+from deepagent_temporal.engine.workflow import GRAPH_OPTIONS
 from deepagent_temporal.examples import shapes
-from deepagent_temporal.worker import DeepAgentPlugin, GraphLoadError, load_graph, prepare_builder
-from deepagent_temporal.workflow import GRAPH_OPTIONS
 
 
 class S(TypedDict, total=False):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage, HumanMessage
 
-from deepagent_temporal.streaming import TokenCapturingHandler
-from deepagent_temporal.testing import ScriptedChatModel
+from deepagent_temporal import TokenCapturingHandler
+from deepagent_temporal.dev.scripted import ScriptedChatModel
 
 
 def get_weather(city: str) -> str:

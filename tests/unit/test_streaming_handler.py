@@ -12,8 +12,8 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
-from deepagent_temporal.streaming import TokenCapturingHandler
-from deepagent_temporal.testing import ScriptedChatModel, ScriptedModelError, split_tokens
+from deepagent_temporal import TokenCapturingHandler
+from deepagent_temporal.dev.scripted import ScriptedChatModel, ScriptedModelError, split_tokens
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice."
 
@@ -165,13 +165,13 @@ async def test_tool_call_chunks_are_carried():
     assert [e["index"] for e in toks] == list(range(len(toks)))
 
 
-async def test_phase1_batches_not_one_per_token():
+async def test_temporal_path_batches_not_one_per_token():
     batches: list[list[dict]] = []
 
-    async def phase1(events: list[dict]) -> None:
+    async def temporal_path(events: list[dict]) -> None:
         batches.append(events)
 
-    h = TokenCapturingHandler(node="n", phase1_publish=phase1, phase1_max_batch=100)
+    h = TokenCapturingHandler(node="n", temporal_publish=temporal_path, temporal_max_batch=100)
     model = ScriptedChatModel(script=["y" * 1000], split="chars")
     await model.ainvoke("q", config={"callbacks": [h]})
     summaries = await h.flush()
@@ -192,18 +192,20 @@ async def test_phase1_batches_not_one_per_token():
     assert len(json.dumps(summaries[0])) < 300
 
 
-async def test_phase1_time_based_batching_during_the_call():
-    """Batches leave during the LLM call (every phase1_interval), not only at flush."""
+async def test_temporal_path_time_based_batching_during_the_call():
+    """Batches leave during the LLM call (every temporal_batch_interval), not only at flush."""
     batches: list[tuple[int, int]] = []
     emitted = [0]
 
-    async def phase1(events: list[dict]) -> None:
+    async def temporal_path(events: list[dict]) -> None:
         batches.append((len(events), emitted[0]))
 
     def on_token(tok: str, ts: float) -> None:
         emitted[0] += 1
 
-    h = TokenCapturingHandler(node="n", phase1_publish=phase1, phase1_interval=0.02)
+    h = TokenCapturingHandler(
+        node="n", temporal_publish=temporal_path, temporal_batch_interval=0.02
+    )
     model = ScriptedChatModel(
         script=["z" * 60], split="chars", token_delay=0.002, on_token=on_token
     )
@@ -214,7 +216,7 @@ async def test_phase1_time_based_batching_during_the_call():
     assert batches[0][1] < 60  # first batch published while the model was still streaming
 
 
-async def test_phase1_retries_then_raises_in_flush():
+async def test_temporal_retries_then_raises_in_flush():
     calls = [0]
 
     async def flaky(events: list[dict]) -> None:
@@ -222,7 +224,7 @@ async def test_phase1_retries_then_raises_in_flush():
         if calls[0] <= 2:
             raise RuntimeError("transient")
 
-    h = TokenCapturingHandler(node="n", phase1_publish=flaky)
+    h = TokenCapturingHandler(node="n", temporal_publish=flaky)
     await ScriptedChatModel(script=["a b c"]).ainvoke("q", config={"callbacks": [h]})
     await h.flush()
     assert calls[0] == 3
@@ -230,9 +232,9 @@ async def test_phase1_retries_then_raises_in_flush():
     async def broken(events: list[dict]) -> None:
         raise RuntimeError("down")
 
-    h = TokenCapturingHandler(node="n", phase1_publish=broken, phase1_retries=1)
+    h = TokenCapturingHandler(node="n", temporal_publish=broken, temporal_retries=1)
     await ScriptedChatModel(script=["a b c"]).ainvoke("q", config={"callbacks": [h]})
-    with pytest.raises(RuntimeError, match="Phase 1"):
+    with pytest.raises(RuntimeError, match="Temporal path"):
         await h.flush()
 
 
@@ -243,7 +245,7 @@ async def test_retry_attempt_emits_reset_first():
     assert got[0]["type"] == "reset"
     assert got[0]["attempt"] == 1 and got[0]["task_id"] == "act-7"
     assert all(e["attempt"] == 2 for e in got[1:])
-    assert h.phase1_events[0]["type"] == "reset"
+    assert h.temporal_events[0]["type"] == "reset"
 
 
 async def test_model_error_ends_the_call_with_error():
@@ -260,7 +262,7 @@ async def test_model_error_ends_the_call_with_error():
 def test_handler_without_event_loop_keeps_events():
     h = TokenCapturingHandler(node="n")
     result = ScriptedChatModel(script=[TEXT]).invoke("q", config={"callbacks": [h]})
-    toks = [e for e in h.phase1_events if e["type"] == "token"]
+    toks = [e for e in h.temporal_events if e["type"] == "token"]
     assert "".join(e["token"] for e in toks) == result.content
 
 
@@ -324,7 +326,7 @@ async def test_nostream_tagged_calls_are_captured_and_flagged():
 
 
 def test_backend_status_without_io():
-    from deepagent_temporal.streaming import RedisStreamBackend
+    from deepagent_temporal import RedisStreamBackend
 
     b = RedisStreamBackend("redis://127.0.0.1:1")
     assert b.status()["redis"] == "up"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from deepagent_temporal.delivery import TokenStreamMerger
+from deepagent_temporal.client.delivery import TokenStreamMerger
 
 
 def run_events(task: str, attempt: int, llm_call: int, text_tokens: list[str], node: str = "model"):
@@ -104,7 +104,7 @@ def test_shuffled_and_duplicated_two_paths(seed: int):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_failover_prefix_on_redis_rest_via_replay(seed: int):
-    """Redis carried 0..k (client read only part of it), Phase 1 replays everything."""
+    """Redis carried 0..k (client read only part of it), the Temporal path replays everything."""
     rnd = random.Random(seed)
     toks = [f"t{i} " for i in range(50)]
     evs = run_events("act", 1, 0, toks)
@@ -139,7 +139,7 @@ def test_reset_drops_failed_attempt_and_keeps_retry():
     m = TokenStreamMerger()
     out = feed(m, a1)
     out += feed(m, [reset, reset])
-    out += feed(m, a1)  # late duplicates of attempt 1 (e.g. Phase 1 batch after reset)
+    out += feed(m, a1)  # late duplicates of attempt 1 (e.g. a Temporal-path batch after reset)
     out += feed(m, [a1[2] | {"index": 5}])
     out += feed(m, a2)
     types = [e["type"] for e in out]

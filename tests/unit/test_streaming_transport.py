@@ -1,6 +1,6 @@
 """Transport pieces that need no Redis: circuit breaker, replay window, timeouts.
 
-The Redis connection layer (``redis_io``) is tested against a real redis-server in
+The Redis connection layer (``transport.redis_connection``) is tested against a real redis-server in
 ``tests/integration/test_redis_transport_connection.py``.
 """
 
@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from deepagent_temporal.streaming import (
-    CircuitBreaker,
-    RedisStreamBackend,
-    _io_with_timeout,
-)
+from deepagent_temporal import RedisStreamBackend
+from deepagent_temporal.transport.circuit import CircuitBreaker
+from deepagent_temporal.transport.redis_connection import io_with_timeout
+from deepagent_temporal.transport.replay import ReplayWindow
 
 
 def test_circuit_breaker_states_and_backoff():
@@ -41,46 +40,58 @@ def test_circuit_breaker_states_and_backoff():
 
 
 def test_replay_window_bounds_and_generations():
+    w = ReplayWindow(max_events_per_run=5, max_runs=2, max_events=8)
+    run = ("wf", "r1")
+    for i in range(7):
+        w.remember(run, 0, b'{"index":%d}' % i)
+    assert w.take(run, 0, stale_only=True) == []  # nothing failed since
+    w.remember(run, 1, b'{"index":7}')  # written after the circuit opened once
+    stale = w.take(run, 1, stale_only=True)
+    assert [e["index"] for e in stale] == [3, 4, 5, 6]  # last 5 per run, minus the new one
+    assert [e["index"] for e in w.take(run, 1, stale_only=False)] == [7]
+    assert w.total == 0
+    # LRU over runs and the global budget
+    for r in ("a", "b", "c"):
+        for i in range(4):
+            w.remember(("wf", r), 1, b'{"i":%d}' % i)
+    assert len(w) == 2 and w.take(("wf", "a"), 1, stale_only=False) == []
+    assert w.total == 8
+    w.forget(("wf", "b"))
+    assert w.total == 4
+
+
+def test_backend_replays_what_was_written_before_the_circuit_opened():
     b = RedisStreamBackend(
         "redis://127.0.0.1:1", replay_max_events_per_run=5, replay_max_runs=2, replay_max_events=8
     )
     run = ("wf", "r1")
-    for i in range(7):
-        b._remember(run, b'{"index":%d}' % i)
+    for i in range(3):
+        b.replay.remember(run, b.circuit.generation, b'{"index":%d}' % i)
     assert b.take_replay(*run, stale_only=True) == []  # nothing failed since
     b.circuit.record_failure()
-    b._remember(run, b'{"index":7}')
-    stale = b.take_replay(*run, stale_only=True)
-    assert [e["index"] for e in stale] == [3, 4, 5, 6]  # last 5 per run, minus the new one
-    assert [e["index"] for e in b.take_replay(*run, stale_only=False)] == [7]
-    assert b._replay_total == 0
-    # LRU over runs and the global budget
-    for r in ("a", "b", "c"):
-        for i in range(4):
-            b._remember(("wf", r), b'{"i":%d}' % i)
-    assert list(b._replay) == [("wf", "b"), ("wf", "c")]
-    assert b._replay_total == 8
-    b.forget_run("wf", "b")
-    assert b._replay_total == 4
+    assert [e["index"] for e in b.take_replay(*run, stale_only=True)] == [0, 1, 2]
+    b.replay.remember(run, b.circuit.generation, b'{"index":3}')
+    b.forget_run(*run)
+    assert b.take_replay(*run, stale_only=False) == [] and b.replay.total == 0
 
 
 def test_replay_window_is_measured_from_the_newest_event():
-    b = RedisStreamBackend("redis://127.0.0.1:1", replay_window_seconds=0.05)
+    w = ReplayWindow(window_seconds=0.05)
     run = ("wf", "r")
-    b._remember(run, b'{"i":0}')
+    w.remember(run, 0, b'{"i":0}')
     time.sleep(0.08)
     # an idle run keeps its tail however long it waits ...
-    assert len(b.take_replay(*run, stale_only=False)) == 1
-    b._remember(run, b'{"i":1}')
+    assert len(w.take(run, 0, stale_only=False)) == 1
+    w.remember(run, 0, b'{"i":1}')
     time.sleep(0.08)
-    b._remember(run, b'{"i":2}')  # ... but a new event pushes old ones out of the window
-    assert [e["i"] for e in b.take_replay(*run, stale_only=False)] == [2]
+    w.remember(run, 0, b'{"i":2}')  # ... but a new event pushes old ones out of the window
+    assert [e["i"] for e in w.take(run, 0, stale_only=False)] == [2]
 
 
 async def test_io_timeout_fires_when_the_loop_is_idle():
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
-        await _io_with_timeout(asyncio.sleep(10), 0.1)
+        await io_with_timeout(asyncio.sleep(10), 0.1)
     assert time.monotonic() - t0 < 0.5
 
 
@@ -96,7 +107,7 @@ async def test_io_timeout_tolerates_a_starved_loop():
             pass
 
     hog_task = asyncio.create_task(hog())
-    assert await _io_with_timeout(reply_soon(), 0.1) == "ok"
+    assert await io_with_timeout(reply_soon(), 0.1) == "ok"
     await hog_task
 
 

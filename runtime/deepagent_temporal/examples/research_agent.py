@@ -2,7 +2,7 @@
 
 ``DEEPAGENT_GRAPH=deepagent_temporal.examples.research_agent:agent``
 
-The model is the offline :class:`~deepagent_temporal.testing.ScriptedChatModel` (one tool
+The model is the offline :class:`~deepagent_temporal.dev.scripted.ScriptedChatModel` (one tool
 call, then an answer) unless ``ANTHROPIC_API_KEY`` or ``OPENAI_API_KEY`` is set and the
 matching LangChain integration is installed, in which case a real model is used
 (``DEEPAGENT_MODEL`` overrides the model name).
@@ -15,7 +15,7 @@ from typing import Any
 
 from deepagents import create_deep_agent
 
-from deepagent_temporal.testing import ScriptedChatModel
+from deepagent_temporal.dev.scripted import ScriptedChatModel
 
 SYSTEM_PROMPT = (
     "You are a careful research assistant. Use the search tool once, then answer in a "

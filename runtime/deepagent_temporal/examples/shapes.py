@@ -17,7 +17,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, Send, interrupt
 
-from deepagent_temporal.testing import ScriptedChatModel
+from deepagent_temporal.dev.scripted import ScriptedChatModel
 
 # --------------------------------------------------------------------- deep agents
 

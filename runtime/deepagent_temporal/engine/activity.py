@@ -10,12 +10,12 @@ sync or async, unchanged. Whatever it returns (a state update, a ``Command``, a 
 of ``Command``s) travels back through :mod:`deepagent_temporal.converter`.
 
 Token capture is done by :class:`TokenStreamingInterceptor`, a worker activity
-interceptor: for each node activity it creates the streaming helper's
-``TokenCapturingHandler`` for the run context (workflow id, run id, node, attempt) and
+interceptor: for each node activity it creates a
+:class:`~deepagent_temporal.capture.TokenCapturingHandler` for the run context (workflow id, run id, node, attempt) and
 makes every chat-model call inside the activity see it through langchain-core's
 ``register_configure_hook`` (a ContextVar, so nested sub-agents and middleware that
-make several calls are covered, and concurrent activities never mix). Phase 1 batches
-go to the workflow's ``WorkflowStream`` (topic ``tokens``) while the LLM call runs;
+make several calls are covered, and concurrent activities never mix). Token batches of
+the Temporal path go to the workflow's ``WorkflowStream`` (topic ``tokens``) while the LLM call runs;
 before the activity returns, the handler is flushed and only its per-LLM-call summary
 stays in the activity result.
 """
@@ -28,7 +28,6 @@ import contextvars
 import dataclasses
 import inspect
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,14 +42,15 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from deepagent_temporal.phase1 import compact
+from deepagent_temporal.contract import (
+    CUSTOM_TOPIC,
+    FINISH_STREAM_ACTIVITY,
+    TOKENS_TOPIC,
+    WorkerEnv,
+)
+from deepagent_temporal.transport.temporal import compact
 
 logger = logging.getLogger(__name__)
-
-TOKENS_TOPIC = "tokens"
-CUSTOM_TOPIC = "custom"
-GRAPH_TOPIC = "graph"
-RUN_TOPIC = "run"
 
 #: attribute set on node activity functions so the interceptor recognises them
 NODE_ACTIVITY_ATTR = "__deepagent_node__"
@@ -196,9 +196,8 @@ def make_node_caller(
 # ------------------------------------------------------------ token capture injection
 
 
-def _phase1_batch_interval() -> timedelta:
-    ms = float(os.environ.get("DEEPAGENT_PHASE1_BATCH_MS", "50"))
-    return timedelta(milliseconds=max(ms, 1.0))
+def _temporal_batch_interval() -> timedelta:
+    return timedelta(milliseconds=max(WorkerEnv.from_env().temporal_batch_ms, 1.0))
 
 
 def _metric(cls: Any, name: str, doc: str, **kwargs: Any) -> Any:
@@ -266,11 +265,11 @@ class TokenStreamingInterceptor(Interceptor):
         self,
         enable_token_streaming: bool = True,
         redis_stream_backend: Any = None,
-        phase1_batch_interval: timedelta | None = None,
+        temporal_batch_interval: timedelta | None = None,
     ) -> None:
         self.enable_token_streaming = enable_token_streaming
         self.redis_stream_backend = redis_stream_backend
-        self.phase1_batch_interval = phase1_batch_interval or _phase1_batch_interval()
+        self.temporal_batch_interval = temporal_batch_interval or _temporal_batch_interval()
         if enable_token_streaming:
             _ensure_configure_hook()
 
@@ -278,7 +277,7 @@ class TokenStreamingInterceptor(Interceptor):
         return _NodeActivityInbound(next, self)
 
     def _make_handler(self, input: ExecuteActivityInput, publish: Callable[..., Any]) -> Any:
-        from deepagent_temporal.streaming import TokenCapturingHandler
+        from deepagent_temporal.capture.handler import TokenCapturingHandler
 
         info = activity.info()
         node_input = input.args[0] if input.args else None
@@ -292,8 +291,8 @@ class TokenStreamingInterceptor(Interceptor):
             task_id=info.activity_id,
             attempt=info.attempt,
             redis=self.redis_stream_backend,
-            phase1_publish=publish,
-            phase1_interval=self.phase1_batch_interval.total_seconds(),
+            temporal_publish=publish,
+            temporal_batch_interval=self.temporal_batch_interval.total_seconds(),
         )
 
     async def run_node_activity(
@@ -302,14 +301,14 @@ class TokenStreamingInterceptor(Interceptor):
         from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
         stream = WorkflowStreamClient.from_within_activity(
-            batch_interval=self.phase1_batch_interval
+            batch_interval=self.temporal_batch_interval
         )
         tokens_topic = stream.topic(TOKENS_TOPIC)
         custom_topic = stream.topic(CUSTOM_TOPIC)
 
-        async def phase1_publish(events: list[dict[str, Any]]) -> None:
+        async def temporal_publish(events: list[dict[str, Any]]) -> None:
             # one stream item and one signal per batch; the handler batches (every
-            # DEEPAGENT_PHASE1_BATCH_MS) while the previous signal is in flight
+            # WorkerEnv.temporal_batch_ms) while the previous signal is in flight
             if events:
                 tokens_topic.publish(compact(list(events)), force_flush=True)
                 await stream.flush()
@@ -321,7 +320,7 @@ class TokenStreamingInterceptor(Interceptor):
                 ctx = ActivityStreamContext(custom_writer=custom_topic.publish)
                 handler = None
                 if self.enable_token_streaming:
-                    handler = self._make_handler(input, phase1_publish)
+                    handler = self._make_handler(input, temporal_publish)
                     ctx.handler = handler
                 ctx_token = _stream_ctx.set(ctx)
                 handler_token = token_handler_var.set(handler) if handler is not None else None
@@ -368,17 +367,14 @@ async def finish_stream_activity_impl(backend: Any) -> bool:
     stream = WorkflowStreamClient.from_within_activity(batch_interval=timedelta(milliseconds=20))
     topic = stream.topic(TOKENS_TOPIC)
 
-    async def phase1_publish(events: list[dict[str, Any]]) -> None:
+    async def temporal_publish(events: list[dict[str, Any]]) -> None:
         if events:
             topic.publish(compact(list(events)))
 
     async with stream:
         return await backend.publish_complete(
-            info.workflow_id, info.workflow_run_id, phase1_publish=phase1_publish
+            info.workflow_id, info.workflow_run_id, temporal_publish=temporal_publish
         )
-
-
-FINISH_STREAM_ACTIVITY = "deepagent.finish_stream"
 
 
 def make_finish_stream_activity(backend: Any) -> Callable[..., Awaitable[bool]]:

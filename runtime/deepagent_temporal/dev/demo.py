@@ -20,8 +20,8 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from deepagent_temporal.devservers import RedisServer, TemporalDevServer
-from deepagent_temporal.workerproc import WorkerProcess
+from deepagent_temporal.dev.servers import RedisServer, TemporalDevServer
+from deepagent_temporal.dev.workerproc import WorkerProcess
 
 EXAMPLE_GRAPH = "deepagent_temporal.examples.research_agent:agent"
 DEFAULT_QUESTION = "What does Temporal add to a LangGraph agent?"
@@ -37,7 +37,7 @@ async def _stream_one_answer(
     from temporalio.client import Client
 
     from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
-    from deepagent_temporal.worker import load_graph
+    from deepagent_temporal.engine.worker import load_graph
 
     client = await Client.connect(temporal.address)
     agent = TemporalDeepAgent(

@@ -19,9 +19,22 @@ from temporalio.client import (
 from temporalio.contrib.workflow_streams import PollInput, PollResult, WorkflowStreamClient
 from temporalio.service import RPCError, RPCStatusCode
 
-from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
+from deepagent_temporal.contract import (
+    CUSTOM_TOPIC,
+    GET_STATE_QUERY,
+    GRAPH_TOPIC,
+    PAUSE_COUNT_QUERY,
+    RESUME_SIGNAL,
+    RUN_ENDING_MARKERS,
+    RUN_PAUSE,
+    RUN_TOPIC,
+    TOKENS_TOPIC,
+    WAIT_UPDATE,
+    WORKFLOW_NAME,
+    RunRequest,
+    RunState,
+)
 from deepagent_temporal.converter import with_data_converter
-from deepagent_temporal.workflow import WORKFLOW_NAME, RunRequest, RunState
 
 _STREAM_POLL = "__temporal_workflow_stream_poll"
 #: a topic nothing is published to: stream long-polls only wake the client up
@@ -89,7 +102,7 @@ class TemporalDeepAgent:
     # ---------------------------------------------------------------- worker
 
     def create_worker(self, **kwargs: Any) -> Any:
-        from deepagent_temporal.worker import create_streaming_worker
+        from deepagent_temporal.engine.worker import create_streaming_worker
 
         if self.graph is None:
             raise ValueError("create_worker() needs the graph itself")
@@ -165,14 +178,14 @@ class TemporalDeepAgent:
         if status == "COMPLETED":
             return await handle.result()
         try:  # failed / terminated / ...: continue from its last state
-            state: RunState = await handle.query("get_state", result_type=RunState)
+            state: RunState = await handle.query(GET_STATE_QUERY, result_type=RunState)
             return state.values
         except Exception:  # noqa: BLE001 - no state to continue from
             return None
 
     async def _wait(self, handle: WorkflowHandle, after_pauses: int) -> RunState | None:
         try:
-            return await handle.execute_update("wait", after_pauses, result_type=RunState)
+            return await handle.execute_update(WAIT_UPDATE, after_pauses, result_type=RunState)
         except (WorkflowUpdateFailedError, RPCError):
             return None
 
@@ -195,7 +208,7 @@ class TemporalDeepAgent:
 
     async def get_state(self, config: dict[str, Any]) -> StateSnapshot:
         handle = self._handle(config)
-        state: RunState = await handle.query("get_state", result_type=RunState)
+        state: RunState = await handle.query(GET_STATE_QUERY, result_type=RunState)
         return StateSnapshot(
             values=state.values if state.values is not None else {},
             next=tuple(state.next),
@@ -214,8 +227,8 @@ class TemporalDeepAgent:
         with ``__interrupt__`` when the run pauses again.
         """
         handle = self._handle(config)
-        pauses = await handle.query("pause_count", result_type=int)
-        await handle.signal("resume", value)
+        pauses = await handle.query(PAUSE_COUNT_QUERY, result_type=int)
+        await handle.signal(RESUME_SIGNAL, value)
         if not wait:
             return None
         return await self._outcome(handle, pauses)
@@ -252,7 +265,7 @@ class TemporalDeepAgent:
         if isinstance(input, Command) and input.resume is not None:
             handle = self._handle(config)
             from_offset = await WorkflowStreamClient.create(self.client, handle.id).get_offset()
-            await handle.signal("resume", input.resume)
+            await handle.signal(RESUME_SIGNAL, input.resume)
             run_id = (await handle.describe()).run_id
         elif input is None and (open_run := await self._open_run(config)) is not None:
             # join a run in progress (another client started it): everything from its
@@ -307,7 +320,7 @@ class TemporalDeepAgent:
                 yield kind, chunk
             await self._raise_if_failed(handle)
             return
-        from deepagent_temporal.tokens import merge_token_stream
+        from deepagent_temporal.client.tokens import merge_token_stream
 
         async for kind, chunk in merge_token_stream(
             temporal_items,
@@ -459,8 +472,8 @@ async def _graph_events(
         if item.topic not in (GRAPH_TOPIC, RUN_TOPIC) or not isinstance(data, dict):
             continue
         kind = data.get("kind")
-        if item.topic == RUN_TOPIC and kind in ("end", "pause", "error"):
-            if kind == "pause" and "updates" in modes:
+        if item.topic == RUN_TOPIC and kind in RUN_ENDING_MARKERS:
+            if kind == RUN_PAUSE and "updates" in modes:
                 yield "updates", {"__interrupt__": tuple(data["data"]["interrupts"])}
             return
         if kind in modes:

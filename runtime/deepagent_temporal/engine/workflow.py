@@ -3,20 +3,20 @@
 One workflow execution is one run of a graph on one thread. LangGraph's Pregel loop
 runs inside the workflow (deterministic: routing functions, channel reducers, ``Send``
 fan-out, ``Command`` handling), every node runs as an activity (see
-:mod:`deepagent_temporal.activity`). State between supersteps is checkpointed in an
+:mod:`deepagent_temporal.engine.activity`). State between supersteps is checkpointed in an
 in-memory saver that Temporal rebuilds by replay, so an interrupted run simply waits
 inside the workflow for :meth:`resume` and continues from the checkpoint.
 
 Everything a client streams is published to the workflow's ``WorkflowStream`` (in
 workflow memory; rebuilt by replay, not stored as history events): topic ``graph``
 carries ``values`` / ``updates`` chunks and lifecycle markers, topic ``custom`` carries
-``get_stream_writer()`` output of nodes, topic ``tokens`` carries Phase 1 token batches
-published by the activities.
+``get_stream_writer()`` output of nodes, topic ``tokens`` carries the token batches of
+the Temporal path published by the activities. Topic and marker names live in
+:mod:`deepagent_temporal.contract`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -30,37 +30,26 @@ with workflow.unsafe.imports_passed_through():
     from langgraph.types import Command
     from temporalio.langgraph import graph as registered_graph
 
-    from deepagent_temporal.activity import FINISH_STREAM_ACTIVITY, GRAPH_TOPIC, RUN_TOPIC
-
-WORKFLOW_NAME = "DeepAgentGraphRun"
+    from deepagent_temporal.contract import (
+        FINISH_STREAM_ACTIVITY,
+        GET_STATE_QUERY,
+        GRAPH_TOPIC,
+        PAUSE_COUNT_QUERY,
+        RESUME_SIGNAL,
+        RUN_END,
+        RUN_ERROR,
+        RUN_PAUSE,
+        RUN_RESUMED,
+        RUN_TOPIC,
+        WAIT_UPDATE,
+        WORKFLOW_NAME,
+        RunRequest,
+        RunState,
+    )
 
 #: compile options per registered graph name (interrupts, name, config), filled by the
 #: worker before it starts; read by the workflow (same process).
 GRAPH_OPTIONS: dict[str, dict[str, Any]] = {}
-
-
-@dataclass
-class RunRequest:
-    """Workflow input."""
-
-    graph: str | None
-    input: Any
-    config: dict[str, Any] = field(default_factory=dict)
-    stream_modes: list[str] = field(default_factory=lambda: ["values", "updates"])
-    #: final values of the thread's previous run: a new run on a thread continues it
-    prior_values: Any = None
-
-
-@dataclass
-class RunState:
-    """What ``get_state`` / ``wait`` return."""
-
-    values: Any = None
-    next: tuple[str, ...] = ()
-    interrupts: tuple[Any, ...] = ()
-    status: str = "running"  # running | interrupted | completed | failed
-    step: int = 0
-    error: str | None = None
 
 
 def _pick_graph_name(requested: str | None) -> str:
@@ -137,14 +126,14 @@ class DeepAgentWorkflow:
                 self._state.status = "interrupted"
                 self._pause_count += 1
                 self._run_topic.publish(
-                    {"kind": "pause", "data": {"interrupts": list(snapshot.interrupts)}}
+                    {"kind": RUN_PAUSE, "data": {"interrupts": list(snapshot.interrupts)}}
                 )
                 await workflow.wait_condition(lambda: bool(self._resume_values))
                 value = self._resume_values.pop(0)
                 self._state.status = "running"
                 self._state.interrupts = ()
                 inp = value if isinstance(value, Command) else Command(resume=value)
-                self._run_topic.publish({"kind": "resumed", "data": None})
+                self._run_topic.publish({"kind": RUN_RESUMED, "data": None})
         except Exception as exc:
             if not isinstance(exc, FailureError):
                 workflow.logger.exception("graph run failed in the workflow")
@@ -152,7 +141,7 @@ class DeepAgentWorkflow:
             self._state.error = f"{type(exc).__name__}: {exc}"
             redis_complete = await self._finish_stream(request)
             self._run_topic.publish(
-                {"kind": "error", "data": self._state.error, "redis_complete": redis_complete}
+                {"kind": RUN_ERROR, "data": self._state.error, "redis_complete": redis_complete}
             )
             await self._drain_handlers()
             if isinstance(exc, FailureError):
@@ -165,7 +154,7 @@ class DeepAgentWorkflow:
         self._state.status = "completed"
         self._state.next = ()
         redis_complete = await self._finish_stream(request)
-        self._run_topic.publish({"kind": "end", "data": None, "redis_complete": redis_complete})
+        self._run_topic.publish({"kind": RUN_END, "data": None, "redis_complete": redis_complete})
         await self._drain_handlers()
         return self._state.values
 
@@ -201,15 +190,15 @@ class DeepAgentWorkflow:
 
     # -------------------------------------------------------------- handlers
 
-    @workflow.query(name="get_state")
+    @workflow.query(name=GET_STATE_QUERY)
     def get_state(self) -> RunState:
         return self._state
 
-    @workflow.signal(name="resume")
+    @workflow.signal(name=RESUME_SIGNAL)
     def resume(self, value: Any) -> None:
         self._resume_values.append(value)
 
-    @workflow.update(name="wait")
+    @workflow.update(name=WAIT_UPDATE)
     async def wait(self, after_pauses: int) -> RunState:
         """Return once the run is paused (more than ``after_pauses`` times) or done."""
         self._waiters += 1
@@ -224,6 +213,6 @@ class DeepAgentWorkflow:
             self._waiters -= 1
         return self._state
 
-    @workflow.query(name="pause_count")
+    @workflow.query(name=PAUSE_COUNT_QUERY)
     def pause_count(self) -> int:
         return self._pause_count

@@ -8,11 +8,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from deepagent_temporal.devservers import ManagedProcess, free_port
+from deepagent_temporal.contract import WorkerEnv
+from deepagent_temporal.dev.servers import ManagedProcess, free_port
 
 
 class WorkerProcess:
-    """``python -m deepagent_temporal worker`` with the env contract of ARCHITECTURE.md."""
+    """``python -m deepagent_temporal worker``, configured through :class:`WorkerEnv`."""
 
     def __init__(
         self,
@@ -28,27 +29,26 @@ class WorkerProcess:
     ) -> None:
         self.health_port = free_port()
         self.task_queue = task_queue
-        full_env = {
-            "DEEPAGENT_GRAPH": graph,
-            "TEMPORAL_ADDRESS": temporal_address,
-            "TEMPORAL_NAMESPACE": "default",
-            "TEMPORAL_TASK_QUEUE": task_queue,
-            "DEEPAGENT_TOKEN_STREAMING": "true" if token_streaming else "false",
-            "DEEPAGENT_HEALTH_PORT": str(self.health_port),
-            "DEEPAGENT_HEALTH_HOST": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if redis_url:
-            full_env["REDIS_URL"] = redis_url
+        full_env = WorkerEnv.render(
+            graph=graph,
+            temporal_address=temporal_address,
+            temporal_namespace="default",
+            temporal_task_queue=task_queue,
+            token_streaming=token_streaming,
+            health_port=self.health_port,
+            health_host="127.0.0.1",
+            redis_url=redis_url or None,
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
         full_env.update(env or {})
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="deepagent-worker-"))
         self.process = ManagedProcess(
             name, [sys.executable, "-m", "deepagent_temporal", "worker"], self.log_dir, env=full_env
         )
         if redis_url is None:
-            # make sure an inherited REDIS_URL does not turn Phase 2 on
+            # make sure an inherited Redis URL does not turn the Redis path on
             assert self.process.env is not None
-            self.process.env.pop("REDIS_URL", None)
+            self.process.env.pop(WorkerEnv.name("redis_url"), None)
 
     def readyz(self) -> tuple[int, dict]:
         url = f"http://127.0.0.1:{self.health_port}/readyz"

@@ -1,10 +1,10 @@
 """Client side of ``astream(stream_mode="tokens")``: Temporal stream + Redis -> events.
 
 The workflow stream carries run lifecycle markers (topic ``run``), graph chunks (topic
-``graph``) and Phase 1 token batches (topic ``tokens``); the Redis stream (Phase 2)
-carries the tokens of LLM calls Redis was healthy for, and ends with a ``complete``
-entry written before the run's ``end`` marker. The streaming helper's
-``TokenStreamMerger`` de-duplicates and orders events from both paths.
+``graph``) and the token batches of the Temporal path (topic ``tokens``); the Redis
+stream carries the tokens of LLM calls Redis was healthy for, and ends with a
+``complete`` entry written before the run's ``end`` marker. :class:`TokenStreamMerger`
+de-duplicates and orders events from both paths.
 
 When the run ends (or pauses), the stream is closed only once nothing can still be in
 flight: every LLM call that started has ended, and - if the worker wrote the Redis
@@ -20,9 +20,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deepagent_temporal.activity import CUSTOM_TOPIC, GRAPH_TOPIC, RUN_TOPIC, TOKENS_TOPIC
-from deepagent_temporal.delivery import TokenStreamMerger
-from deepagent_temporal.phase1 import expand
+from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in
+from deepagent_temporal.contract import (
+    CUSTOM_TOPIC,
+    GRAPH_TOPIC,
+    RUN_ENDING_MARKERS,
+    RUN_TOPIC,
+    TOKENS_TOPIC,
+)
+from deepagent_temporal.transport.temporal import expand
 
 #: how long the end of a run waits for tokens still in flight on the Redis path
 END_GRACE_SECONDS = 10.0
@@ -32,6 +38,13 @@ GAP_TIMEOUT_SECONDS = 10.0
 
 def _call_key(ev: dict[str, Any]) -> tuple[Any, ...]:
     return (ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1), ev.get("llm_call"))
+
+
+async def _quiet(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The Redis path is best effort here: the Temporal path decides how the run ends."""
+    with contextlib.suppress(Exception):
+        async for ev in events:
+            yield ev
 
 
 async def merge_token_stream(
@@ -45,28 +58,8 @@ async def merge_token_stream(
     """Yield ``("tokens", event)`` (and graph-mode chunks) until the run ends."""
     graph_modes = list(graph_modes or [])
     merger = TokenStreamMerger(gap_timeout=GAP_TIMEOUT_SECONDS)
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     open_calls: set[tuple[Any, ...]] = set()
-    reset_scopes: dict[Any, int] = {}
     redis_complete_seen = False
-
-    async def pump_temporal() -> None:
-        try:
-            async for item in temporal_items:
-                queue.put_nowait(("temporal", item))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - forwarded to the consumer
-            queue.put_nowait(("error", exc))
-        finally:
-            queue.put_nowait(("temporal_done", None))
-
-    async def pump_redis() -> None:
-        if redis_backend is None or run_id is None:
-            return
-        with contextlib.suppress(Exception):
-            async for ev in redis_backend.subscribe(workflow_id, run_id, stop_on_complete=True):
-                queue.put_nowait(("redis", ev))
 
     def track(ev: dict[str, Any]) -> None:
         t = ev.get("type")
@@ -76,7 +69,6 @@ async def merge_token_stream(
             open_calls.discard(_call_key(ev))
         elif t == "reset":
             scope, attempt = ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1)
-            reset_scopes[scope] = max(reset_scopes.get(scope, 0), attempt)
             for key in [k for k in open_calls if k[0] == scope and k[1] <= attempt]:
                 open_calls.discard(key)
 
@@ -86,10 +78,14 @@ async def merge_token_stream(
             track(delivered)
         return out
 
-    tasks = [asyncio.create_task(pump_temporal()), asyncio.create_task(pump_redis())]
+    sources: dict[str, AsyncIterator[Any]] = {"temporal": temporal_items}
+    if redis_backend is not None and run_id is not None:
+        sources["redis"] = _quiet(
+            redis_backend.subscribe(workflow_id, run_id, stop_on_complete=True)
+        )
     ending_deadline: float | None = None
     need_redis_complete = False
-    try:
+    async with fan_in(sources) as queue:
         while True:
             if ending_deadline is not None and (
                 (
@@ -109,12 +105,12 @@ async def merge_token_stream(
                     track(ev)
                     yield "tokens", ev
                 continue
-            if source == "error":
-                raise payload
-            if source == "temporal_done":
-                if ending_deadline is None:
+            if payload is SOURCE_DONE:
+                if source == "temporal" and ending_deadline is None:
                     ending_deadline = time.monotonic() + END_GRACE_SECONDS
                 continue
+            if isinstance(payload, BaseException):
+                raise payload
             if source == "redis":
                 if payload.get("type") == "complete":
                     redis_complete_seen = True
@@ -132,7 +128,7 @@ async def merge_token_stream(
                 if "custom" in graph_modes:
                     yield "custom", data
             elif topic == RUN_TOPIC and isinstance(data, dict):
-                if data.get("kind") in ("end", "pause", "error") and ending_deadline is None:
+                if data.get("kind") in RUN_ENDING_MARKERS and ending_deadline is None:
                     ending_deadline = time.monotonic() + END_GRACE_SECONDS
                     need_redis_complete = bool(data.get("redis_complete")) and (
                         redis_backend is not None
@@ -144,9 +140,3 @@ async def merge_token_stream(
             yield "tokens", ev
         for ev in merger.push({"type": "complete", "token": ""}):
             yield "tokens", ev
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task

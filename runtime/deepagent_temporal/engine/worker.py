@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import os
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -35,32 +34,35 @@ from temporalio.common import RetryPolicy
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.worker import Worker
 
-from deepagent_temporal.activity import (
+from deepagent_temporal.contract import WorkerEnv
+from deepagent_temporal.engine.activity import (
     TokenStreamingInterceptor,
     make_finish_stream_activity,
     make_node_activity,
     make_node_caller,
 )
-from deepagent_temporal.workflow import GRAPH_OPTIONS, DeepAgentWorkflow
+from deepagent_temporal.engine.workflow import GRAPH_OPTIONS, DeepAgentWorkflow
 
-DEFAULT_ACTIVITY_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=10),
-    # the worker heartbeats node activities; a crashed worker's attempt is retried
-    # elsewhere after this long (DEEPAGENT_HEARTBEAT_TIMEOUT_SECONDS)
-    "heartbeat_timeout": timedelta(
-        seconds=float(os.environ.get("DEEPAGENT_HEARTBEAT_TIMEOUT_SECONDS", "30"))
-    ),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(milliseconds=500),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=3,
-    ),
-}
+
+def node_activity_options() -> dict[str, Any]:
+    """Node activity options; the heartbeat timeout comes from the worker env (read when
+    the worker is created, not at import)."""
+    return {
+        "start_to_close_timeout": timedelta(minutes=10),
+        # the worker heartbeats node activities; a crashed worker's attempt is retried
+        # elsewhere after this long
+        "heartbeat_timeout": timedelta(seconds=WorkerEnv.from_env().heartbeat_timeout_seconds),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=500),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=10),
+            maximum_attempts=3,
+        ),
+    }
 
 
 class GraphLoadError(RuntimeError):
-    """DEEPAGENT_GRAPH does not point at a compiled graph or a factory of one."""
+    """A graph reference does not point at a compiled graph or a factory of one."""
 
 
 def load_graph(reference: str) -> Any:
@@ -238,7 +240,7 @@ class DeepAgentPlugin(LangGraphPlugin):
             builders[alias] = builders[target]
             GRAPH_OPTIONS[alias] = GRAPH_OPTIONS[target]
         self._graph_names = list(builders)
-        opts = dict(DEFAULT_ACTIVITY_OPTIONS)
+        opts = node_activity_options()
         opts.update(default_activity_options or {})
         # aliases share the builder: wrap each distinct builder once
         unique: dict[str, StateGraph] = {}
@@ -341,7 +343,7 @@ def create_streaming_worker(
     enable_token_streaming: bool = True,
     **kwargs: Any,
 ) -> Worker:
-    """Worker for one graph with token streaming on (Phase 2 when a Redis backend is given)."""
+    """Worker for one graph with token streaming on (the Redis path when a Redis backend is given)."""
     name = graph_name or getattr(graph, "name", None) or "LangGraph"
     aliases = {}
     if getattr(graph, "name", None) and graph.name != name:

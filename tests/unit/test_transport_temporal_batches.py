@@ -1,10 +1,10 @@
-"""Phase 1 batches are compacted for Event History and expand back exactly."""
+"""Token batches of the Temporal path are compacted for Event History and expand back exactly."""
 
 from __future__ import annotations
 
 import json
 
-from deepagent_temporal.phase1 import compact, expand
+from deepagent_temporal.transport.temporal import compact, expand
 
 
 def _events():

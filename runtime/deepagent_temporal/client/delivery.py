@@ -1,4 +1,4 @@
-"""Client-side delivery: merge the Redis (Phase 2) and Temporal (Phase 1) token paths.
+"""Client-side delivery: merge the Redis path and the Temporal path into one stream.
 
 ``TokenStreamMerger`` receives events from both paths in any order, with duplicates
 (failover replays, at-least-once writes), and yields each event exactly once:
@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-_INTERNAL_KEYS = ("redis_id", "replay")
+from deepagent_temporal.contract import INTERNAL_EVENT_KEYS
 
 
 @dataclass
@@ -148,7 +148,7 @@ class TokenStreamMerger:
 
     def _deliver(self, ev: dict[str, Any]) -> dict[str, Any]:
         out = dict(ev)
-        for k in _INTERNAL_KEYS:
+        for k in INTERNAL_EVENT_KEYS:
             out.pop(k, None)
         self.seq += 1
         out["seq"] = self.seq
@@ -199,32 +199,17 @@ class TokenStreamMerger:
         stop_on_complete: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
         """Merge async sources of events; ends at ``complete`` or when all sources end."""
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        async def pump(src: AsyncIterator[dict[str, Any]]) -> None:
-            try:
-                async for ev in src:
-                    queue.put_nowait(ev)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(done)
-
-        tasks = [asyncio.ensure_future(pump(s)) for s in sources]
-        live = len(tasks)
         tick = max(self.gap_timeout / 4, 0.01)
-        try:
+        async with fan_in(dict(enumerate(sources))) as queue:
+            live = len(sources)
             while live:
                 try:
-                    item = await asyncio.wait_for(queue.get(), tick if self.waiting else None)
+                    _, item = await asyncio.wait_for(queue.get(), tick if self.waiting else None)
                 except TimeoutError:
                     for out in self.flush_stale():
                         yield out
                     continue
-                if item is done:
+                if item is SOURCE_DONE:
                     live -= 1
                     continue
                 if isinstance(item, BaseException):
@@ -235,17 +220,47 @@ class TokenStreamMerger:
                     return
             for out in self.finish():
                 yield out
+
+
+#: what :func:`fan_in` queues as ``(name, SOURCE_DONE)`` when a source has ended
+SOURCE_DONE = object()
+
+
+@contextlib.asynccontextmanager
+async def fan_in(sources: Mapping[Any, AsyncIterator[Any]]) -> AsyncIterator[asyncio.Queue]:
+    """Pump several async iterators into one queue of ``(name, item)``, in arrival order.
+
+    A source that raises puts ``(name, exception)``; every source ends with
+    ``(name, SOURCE_DONE)``. Leaving the context cancels the pumps and closes the
+    sources (a Redis subscription's connection, a Temporal poll).
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(name: Any, src: AsyncIterator[Any]) -> None:
+        try:
+            async for item in src:
+                queue.put_nowait((name, item))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - forwarded to the consumer
+            queue.put_nowait((name, exc))
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
+            queue.put_nowait((name, SOURCE_DONE))
+
+    tasks = [asyncio.ensure_future(pump(name, src)) for name, src in sources.items()]
+    try:
+        yield queue
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for src in sources.values():
+            aclose = getattr(src, "aclose", None)
+            if aclose is not None:
                 with contextlib.suppress(BaseException):
-                    await task
-            for src in sources:
-                aclose = getattr(src, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(BaseException):
-                        await aclose()
+                    await aclose()
 
 
-__all__ = ["TokenStreamMerger"]
+__all__ = ["SOURCE_DONE", "TokenStreamMerger", "fan_in"]

@@ -1,0 +1,1 @@
+"""Client: ``TemporalDeepAgent`` and the delivery of tokens from both paths."""

@@ -1,0 +1,1 @@
+"""Engine: the workflow, the node activities and the worker factory (worker side only)."""
