@@ -38,9 +38,11 @@ test: deps lint
 bench: deps
 	$(BIN)/python bench/run.py
 
+## lint: ruff, and import-linter's layer contracts (pyproject.toml [tool.importlinter]).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 ## e2e-kind: kind cluster + images + helm + DeepAgent + a streaming client Job (needs Docker).
 e2e-kind:

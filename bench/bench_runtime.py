@@ -4,7 +4,7 @@ Rows (same columns as ``bench_streaming.py``, so the tables join):
 
 - (c) our Temporal path: ``deepagent-temporal worker`` child process without Redis,
   client ``astream(stream_mode="tokens")`` here; token batches ride workflow-stream signals
-  (``DEEPAGENT_TEMPORAL_BATCH_MS``, default 30 ms) and long-poll updates.
+  (``DEEPAGENT_TEMPORAL_BATCH_MS``, default 50 ms) and long-poll updates.
 - (d) Temporal Workflow Streams at their defaults: the official ``LangGraphPlugin`` with
   ``streaming_topic`` (node publishes every token with ``get_stream_writer()``, activity
   batch interval 100 ms), subscriber ``WorkflowStreamClient.subscribe`` (poll cooldown
@@ -39,6 +39,8 @@ from langgraph.config import get_stream_writer  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from temporalio import workflow  # noqa: E402
 from temporalio.contrib.workflow_streams import WorkflowStream  # noqa: E402
+
+from deepagent_temporal.contract import WorkerEnv  # noqa: E402
 
 TOPIC = "tokens"
 
@@ -170,12 +172,14 @@ async def bench_temporal_path(
     proc = await _spawn(
         [sys.executable, "-m", "deepagent_temporal", "worker"],
         {
-            "DEEPAGENT_GRAPH": "bench_runtime:temporal_path_graph",
-            "TEMPORAL_ADDRESS": address,
-            "TEMPORAL_TASK_QUEUE": queue,
+            **WorkerEnv.render(
+                graph="bench_runtime:temporal_path_graph",
+                temporal_address=address,
+                temporal_task_queue=queue,
+                log_level="WARNING",
+            ),
+            WorkerEnv.name("redis_url"): "",  # no Redis: the Temporal path
             "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}",
-            "DEEPAGENT_LOG_LEVEL": "WARNING",
-            "REDIS_URL": "",
         },
     )
     try:

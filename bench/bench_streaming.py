@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deepagent_temporal.contract import WorkerEnv
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RATE = 200  # tokens/s per stream
@@ -86,7 +88,7 @@ def format_table(rows: list[Row]) -> str:
 @contextlib.contextmanager
 def redis_url_for_bench(url: str | None = None) -> Iterator[str]:
     """REDIS_URL if given, else a throwaway local redis-server."""
-    url = url or os.environ.get("REDIS_URL")
+    url = url or WorkerEnv.from_env().redis_url
     if url:
         yield url
         return

@@ -460,3 +460,29 @@ def iter_env_names() -> Iterator[str]:
     for var in WorkerEnv.variables():
         yield var.name
         yield from var.deprecated_names
+
+
+ENV_TABLE_START = "<!-- worker-env:start (generated from WorkerEnv; do not edit) -->"
+ENV_TABLE_END = "<!-- worker-env:end -->"
+
+
+def with_env_table(text: str) -> str:
+    """``text`` with the generated env table between its markers (for the docs)."""
+    head, start, rest = text.partition(ENV_TABLE_START)
+    _, end, tail = rest.partition(ENV_TABLE_END)
+    if not start or not end:
+        raise ValueError(f"markers not found: {ENV_TABLE_START} ... {ENV_TABLE_END}")
+    return f"{head}{ENV_TABLE_START}\n{WorkerEnv.markdown_table()}{ENV_TABLE_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m deepagent_temporal.contract docs/architecture.md
+    import sys
+
+    for path in sys.argv[1:]:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        new = with_env_table(old)
+        if new != old:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new)
+            print(f"updated {path}")

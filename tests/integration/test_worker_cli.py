@@ -1,7 +1,7 @@
 """The ``deepagent-temporal`` console script: worker process contract and ``run``.
 
 Every worker here is a real child process started the way the operator starts it (env
-contract of ARCHITECTURE.md), against the real Temporal dev server and redis-server.
+contract of docs/architecture.md), against the real Temporal dev server and redis-server.
 """
 
 from __future__ import annotations

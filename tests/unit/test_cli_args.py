@@ -1,4 +1,4 @@
-"""CLI argument parsing: the env contract of ARCHITECTURE.md, flags override env."""
+"""CLI argument parsing: the worker env contract (WorkerEnv), flags override env."""
 
 from __future__ import annotations
 
