@@ -62,3 +62,42 @@ def test_lock_files_agree_with_pyproject_pins(extra):
     for pin in pins:
         if "==" in pin:
             assert pin.lower() in lock, f"{pin} is not what {extra}/requirements.lock pins"
+
+
+def _copied_files(dockerfile: Path) -> list[Path]:
+    """Files of the build context that the Dockerfile's ``COPY`` instructions take."""
+    files: list[Path] = []
+    for line in dockerfile.read_text().splitlines():
+        parts = line.split()
+        if not parts or parts[0] != "COPY" or any(p.startswith("--from") for p in parts):
+            continue
+        for source in (p for p in parts[1:-1] if not p.startswith("--")):
+            path = ROOT / source
+            if path.is_dir():
+                files.extend(f for f in path.rglob("*") if f.is_file())
+            elif path.is_file():
+                files.append(path)
+    return [f for f in files if "__pycache__" not in f.parts and ".egg-info" not in str(f)]
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_carry_no_tests_or_test_harness(image):
+    copied = [f.relative_to(ROOT).as_posix() for f in _copied_files(DOCKERFILES[image])]
+    assert copied, "the Dockerfile copies the package sources"
+    offenders = [
+        f
+        for f in copied
+        if f.startswith("tests/") or "/tests/" in f or "harness" in f or f.endswith("/testing.py")
+    ]
+    assert not offenders
+
+
+def test_product_modules_stay_small():
+    """One concern per module: no module of the two packages is over about 500 lines."""
+    packages = [ROOT / "runtime/deepagent_temporal", ROOT / "operator/deepagent_operator"]
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for package in packages
+        for path in package.rglob("*.py")
+    }
+    assert {path: n for path, n in sizes.items() if n > 500} == {}
