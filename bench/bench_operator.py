@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from kubernetes import client, config, watch  # noqa: E402
 
 from deepagent_operator.kube import Kube  # noqa: E402
-from deepagent_operator.testing import OperatorProcess  # noqa: E402
+from tests.harness.operator_process import OperatorProcess  # noqa: E402
 
 APPLIES = int(os.environ.get("BENCH_OPERATOR_APPLIES", "20"))
 AGENTS = int(os.environ.get("BENCH_OPERATOR_AGENTS", "100"))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from deepagent_operator.kube import Kube
-from deepagent_operator.testing import OperatorProcess
+from tests.harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.k8s
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deepagent_operator.kube import Kube
-from deepagent_operator.testing import OperatorProcess
+from tests.harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.k8s
 

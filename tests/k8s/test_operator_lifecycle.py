@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client
 
 from deepagent_operator.kube import Kube
-from deepagent_operator.testing import OperatorProcess
+from tests.harness.operator_process import OperatorProcess
 from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.k8s

@@ -1,5 +1,9 @@
 """Run the operator as a subprocess against a cluster (tests, benchmarks, local debugging).
 
+Test harness, not product code: it lives under ``tests/`` so the operator package and image
+carry none of it. (Not named ``operator.py``: that would shadow the stdlib module for any
+script started from this directory.)
+
 with OperatorProcess(kubeconfig, namespaces=["agents"]) as op:
     ...
     op.metrics()          # {"child_writes_total": 3.0, ...}
