@@ -30,6 +30,8 @@ import logging
 import os
 import sys
 
+from .config import LIVENESS_ENV, WATCH_NAMESPACES_ENV
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepagent-operator", description="DeepAgent operator")
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "-A",
         "--all-namespaces",
         action="store_true",
-        help="watch all namespaces even if DEEPAGENT_WATCH_NAMESPACES is set",
+        help=f"watch all namespaces even if {WATCH_NAMESPACES_ENV} is set",
     )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument(
@@ -59,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--priority", type=int, default=None, help="peering priority")
     run.add_argument(
         "--liveness",
-        default=os.environ.get("DEEPAGENT_LIVENESS") or None,
+        default=os.environ.get(LIVENESS_ENV) or None,
         metavar="URL",
         help="e.g. http://0.0.0.0:8080/healthz",
     )

@@ -100,3 +100,12 @@ def test_config_from_env():
     assert cfg.default_image == "img"
     assert cfg.resync_seconds == 5
     assert cfg.redis_image.startswith("redis:")
+
+
+def test_kube_connect_timeout_has_its_own_env_var():
+    # DEEPAGENT_CONNECT_TIMEOUT is the workers' Temporal connect timeout, not the operator's.
+    cfg = OperatorConfig.from_env(
+        {"DEEPAGENT_KUBE_CONNECT_TIMEOUT": "3", "DEEPAGENT_CONNECT_TIMEOUT": "99"}
+    )
+    assert cfg.connect_timeout == 3
+    assert OperatorConfig.from_env({"DEEPAGENT_CONNECT_TIMEOUT": "99"}).connect_timeout == 10
