@@ -33,12 +33,16 @@ __all__ = [
     "data_converter",
     "RunFailedError",
     "ThreadBusyError",
+    "RunNotFoundError",
+    "StreamTimeoutError",
 ]
 
 _LAZY = {
     "TemporalDeepAgent": ("deepagent_temporal.client.agent", "TemporalDeepAgent"),
     "RunFailedError": ("deepagent_temporal.client.agent", "RunFailedError"),
     "ThreadBusyError": ("deepagent_temporal.client.agent", "ThreadBusyError"),
+    "RunNotFoundError": ("deepagent_temporal.client.agent", "RunNotFoundError"),
+    "StreamTimeoutError": ("deepagent_temporal.client.agent", "StreamTimeoutError"),
     "TokenStreamMerger": ("deepagent_temporal.client.delivery", "TokenStreamMerger"),
     "RedisStreamBackend": ("deepagent_temporal.transport.redis_writer", "RedisStreamBackend"),
     "RedisStreamReader": ("deepagent_temporal.transport.redis_reader", "RedisStreamReader"),

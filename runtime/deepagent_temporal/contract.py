@@ -43,7 +43,7 @@ REDIS = "redis"
 TEMPORAL = "temporal"
 Transport = Literal["redis", "temporal"]
 
-EventType = Literal["token", "llm_start", "llm_end", "reset", "complete"]
+EventType = Literal["token", "llm_start", "llm_end", "reset", "snapshot", "complete"]
 
 
 class TokenEvent(TypedDict, total=False):
@@ -71,6 +71,10 @@ class TokenEvent(TypedDict, total=False):
     ts: float
     error: str
     nostream: bool
+    #: which part of the run: 0 until the first resume, +1 at every resume
+    segment: int
+    #: on ``snapshot``: the call's text was recovered from the durable record
+    snapshot: bool
     #: set by a reader: the Redis entry id (resume cursor); stripped before delivery
     redis_id: str
     #: set on events re-sent through Temporal after Redis failed; stripped before delivery
@@ -111,9 +115,34 @@ def decode_entry(fields: list[bytes]) -> list[dict[str, Any]]:
     return []
 
 
+def content_text(content: Any) -> str:
+    """The text of a message's content (a string, or a list of content blocks): what the
+    ``token`` deltas of a call concatenate to."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                parts.append(block.get("text") or "")
+        return "".join(parts)
+    return ""
+
+
 def complete_event(ts: float, **extra: Any) -> dict[str, Any]:
-    """The last entry of a run's Redis stream: every Redis-carried token came before it."""
+    """The last entry of a run segment's Redis stream: every Redis-carried token of the
+    segment came before it (``segment`` says which; a pause also ends a segment)."""
     return {"type": "complete", "token": "", "ts": ts, **extra}
+
+
+#: The durable record of one LLM call, published by the workflow on TOKENS_TOPIC when
+#: the node activity that made the call completes (built from the activity result, so
+#: it survives any Redis loss): ``{"type": LLM_RECORD, "task_id", "attempt", "llm_call",
+#: "message_id", "node", "namespace", "token_count", "transport", "text", "segment"}``.
+#: A client whose copy of the call is incomplete delivers the rest as a ``snapshot``.
+LLM_RECORD = "llm_record"
 
 
 # ------------------------------------------------------------------------------------
@@ -165,6 +194,10 @@ class RunState:
     status: str = "running"  # running | interrupted | completed | failed
     step: int = 0
     error: str | None = None
+    #: resumes so far: the run's current segment (events carry it as ``segment``)
+    segment: int = 0
+    #: workflow-stream offset where the current segment starts (a joiner reads from it)
+    segment_offset: int = 0
 
 
 # ------------------------------------------------------------------------------------

@@ -51,6 +51,16 @@ def serde() -> Any:
 
             _install_log_filter()
             _serde = JsonPlusSerializer(allowed_msgpack_modules=True)
+            import os as _os
+            if _os.environ.get("DEEPAGENT_SERDE_TRACE"):
+                from langgraph.checkpoint.serde import _msgpack as _m
+                from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
+                _m.SAFE_MSGPACK_TYPES = frozenset()
+                _path = _os.environ["DEEPAGENT_SERDE_TRACE"]
+                def _trace(ev):
+                    with open(_path, "a") as f:
+                        f.write(f"{_os.getpid()} {ev['kind']} {ev['module']} {ev['name']}\n")
+                register_serde_event_listener(_trace)
     return _serde
 
 

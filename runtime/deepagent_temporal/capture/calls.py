@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deepagent_temporal.contract import REDIS, TEMPORAL
-
-
-def text_of(content: Any) -> str:
-    """The text of a message chunk's content (a string, or a list of content blocks)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") == "text":
-                parts.append(block.get("text") or "")
-        return "".join(parts)
-    return ""
 
 
 def graph_namespace(metadata: dict[str, Any] | None) -> tuple[str, ...] | None:
@@ -53,12 +38,16 @@ class LLMCall:
     index: int = 0  # tokens emitted so far: the next token's index
     message_id: str | None = None
     pending: int = 0  # events handed to the Redis writer and not yet settled
+    used_redis: bool = False  # some of its events went to Redis (which may lose them)
     failed_over: bool = False
     ended: bool = False
     error: str | None = None
     #: the writer's ``on_settled`` for this call's events (one object per call, so the
     #: writer settles a call's consecutive events with one callback)
     on_settled: Callable[[int, bool], None] | None = None
+    #: the call's text so far; kept for the durable record only when Redis carried the
+    #: call (the Temporal path is durable by itself)
+    text: list[str] = field(default_factory=list)
 
     @property
     def transport(self) -> str:
@@ -66,7 +55,8 @@ class LLMCall:
         return TEMPORAL if (self.route == TEMPORAL or self.failed_over) else REDIS
 
     def summary(self, attempt: int) -> dict[str, Any]:
-        """About 150 bytes that Event History keeps of the call."""
+        """What Event History keeps of the call: about 150 bytes, plus its text when Redis
+        carried it (the activity drops the text again when its result holds the message)."""
         summary: dict[str, Any] = {
             "token_count": self.index,
             "llm_call": self.llm_call,
@@ -81,7 +71,9 @@ class LLMCall:
             summary["namespace"] = self.namespace
         if self.error:
             summary["error"] = self.error[:200]
+        if self.used_redis:
+            summary["text"] = "".join(self.text)
         return summary
 
 
-__all__ = ["LLMCall", "graph_namespace", "text_of"]
+__all__ = ["LLMCall", "graph_namespace"]

@@ -47,8 +47,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from deepagent_temporal import metrics
-from deepagent_temporal.capture.calls import LLMCall, graph_namespace, text_of
-from deepagent_temporal.contract import REDIS, TEMPORAL
+from deepagent_temporal.capture.calls import LLMCall, graph_namespace
+from deepagent_temporal.contract import REDIS, TEMPORAL, content_text
 from deepagent_temporal.transport.redis_writer import RedisStreamBackend
 from deepagent_temporal.transport.temporal import TemporalBatcher, TemporalPublish, count_tokens
 
@@ -76,6 +76,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         namespace: Sequence[str] = (),
         task_id: str | None = None,
         attempt: int = 1,
+        segment: int = 0,
         redis: RedisStreamBackend | None = None,
         temporal_publish: TemporalPublish | None = None,
         temporal_batch_interval: float = 0.05,
@@ -93,6 +94,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         self.namespace = list(namespace)
         self.task_id = task_id if task_id is not None else (node or "task")
         self.attempt = int(attempt)
+        self.segment = int(segment)
         self.redis = redis
         self.flush_timeout = flush_timeout
         self._sink = sink  # test hook: receives every event on the loop thread, in order
@@ -137,19 +139,19 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
             with contextlib.suppress(RuntimeError):
                 redis.bind_loop()  # the writer runs on this (the activity's) loop
         if emit_reset and self.attempt > 1:
-            self._submit(
-                None,
-                {
-                    "type": "reset",
-                    "token": "",
-                    "node": node,
-                    "namespace": list(self.namespace),
-                    "task_id": self.task_id,
-                    "attempt": self.attempt - 1,
-                    "next_attempt": self.attempt,
-                    "ts": time.time(),
-                },
-            )
+            reset = {
+                "type": "reset",
+                "token": "",
+                "node": node,
+                "namespace": list(self.namespace),
+                "task_id": self.task_id,
+                "attempt": self.attempt - 1,
+                "next_attempt": self.attempt,
+                "ts": time.time(),
+            }
+            if self.segment:
+                reset["segment"] = self.segment
+            self._submit(None, reset)
 
     # -- streaming-callback protocol (makes BaseChatModel stream under ainvoke) ---------
 
@@ -226,14 +228,14 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         message = chunk.message if chunk is not None else None
         if message is not None:
             content = message.content
-            text = content if type(content) is str else text_of(content)
+            text = content if type(content) is str else content_text(content)
             tcc = getattr(message, "tool_call_chunks", None)
             if tcc:
                 tool_call_chunks = [dict(c) for c in tcc]
             if call.message_id is None:
                 call.message_id = message.id
         else:
-            text = token if type(token) is str else text_of(token)
+            text = token if type(token) is str else content_text(token)
         if not text and not tool_call_chunks:
             return  # e.g. the final empty chunk with chunk_position="last"
         if call.message_id is None:
@@ -254,7 +256,10 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
             ev["tool_call_chunks"] = tool_call_chunks
         if call.nostream:
             ev["nostream"] = True
+        if self.segment:
+            ev["segment"] = self.segment
         call.index += 1
+        call.text.append(text)
         if self._loop_thread == threading.get_ident():
             self._dispatch(call, ev, False)
         else:
@@ -292,6 +297,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         }
         if call.nostream:
             ev["nostream"] = True
+        if self.segment:
+            ev["segment"] = self.segment
         return ev
 
     # -- hand-off to the loop and routing -------------------------------------------------
@@ -335,6 +342,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
                 self._failover(call, "circuit_open")
             else:
                 ev["source"] = REDIS
+                call.used_redis = True
                 call.pending += 1
                 self._redis_pending += 1
                 assert self._redis_idle is not None

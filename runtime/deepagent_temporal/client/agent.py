@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -50,6 +52,19 @@ class RunFailedError(RuntimeError):
 
 class ThreadBusyError(RuntimeError):
     """A new run was started on a thread whose previous run is still open."""
+
+
+class RunNotFoundError(LookupError):
+    """The thread has no run (never started, or its workflow is gone)."""
+
+
+class StreamTimeoutError(TimeoutError):
+    """``astream`` reached its ``timeout``; the run itself goes on (join it again)."""
+
+
+#: default ``astream`` deadline: long enough for a deep agent's run, short enough that a
+#: forgotten stream does not wait forever (``timeout=None`` waits without limit)
+DEFAULT_STREAM_TIMEOUT = 3600.0
 
 
 def _serializable_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -102,6 +117,8 @@ class TemporalDeepAgent:
     # ---------------------------------------------------------------- worker
 
     def create_worker(self, **kwargs: Any) -> Any:
+        # The one worker-side convenience of this client object (lazy; import-linter
+        # allows exactly this import).
         from deepagent_temporal.engine.worker import create_streaming_worker
 
         if self.graph is None:
@@ -241,70 +258,119 @@ class TemporalDeepAgent:
         config: dict[str, Any] | None = None,
         *,
         stream_mode: str | list[str] = "values",
+        # a deadline, not asyncio.timeout: the caller's code runs between our yields
+        timeout: float | None = DEFAULT_STREAM_TIMEOUT,  # noqa: ASYNC109
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Stream a run: ``values``, ``updates``, ``custom``, ``tokens`` or ``messages``.
 
-        ``messages`` yields LangGraph-style ``(AIMessageChunk, metadata)`` tuples built from
-        the token events (no ``reset``; prefer ``tokens`` when retries matter).
+        - ``astream(input, config)`` starts a run on the thread and streams it.
+        - ``astream(Command(resume=v), config)`` answers the pending interrupt and streams
+          exactly what the run produces after it.
+        - ``astream(None, config)`` never starts work: it joins the thread's current run
+          and streams its current segment (since the last resume) from its start; on a
+          finished thread it replays the last segment while the streams are retained.
+          :class:`RunNotFoundError` if the thread has no run.
 
-        Ends when the run ends (or pauses at an interrupt); raises
-        :class:`RunFailedError` when the run fails. With a list of modes, yields
-        ``(mode, chunk)`` tuples. ``astream(Command(resume=v), config)`` resumes an
-        interrupted run and streams the rest of it; ``astream(None, config)`` joins the
-        run in progress on the thread and streams it from its start (a late or
-        reconnecting client gets every token while the streams are retained).
+        Ends when the run ends or pauses at an interrupt; raises :class:`RunFailedError`
+        when the run fails, :class:`StreamTimeoutError` after ``timeout`` seconds
+        (default one hour; None waits without limit).
+        Leaving the loop early closes the stream's Redis and Temporal resources (use
+        ``contextlib.aclosing`` to close them at once). ``messages`` yields LangGraph-style
+        ``(AIMessageChunk, metadata)`` tuples (no ``reset``; prefer ``tokens`` when
+        retries matter). With a list of modes, yields ``(mode, chunk)`` tuples.
         """
         modes = [stream_mode] if isinstance(stream_mode, str) else list(stream_mode)
         for mode in modes:
             if mode not in ALL_MODES:
                 raise ValueError(f"unknown stream_mode {mode!r}; expected one of {ALL_MODES}")
         multi = not isinstance(stream_mode, str)
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-        from_offset = 0
+        segment, from_offset, final_values = 0, 0, None
         if isinstance(input, Command) and input.resume is not None:
             handle = self._handle(config)
+            state = await self._current_state(handle)
+            if state.status != "interrupted":
+                raise ValueError(
+                    f"thread {handle.id!r} has no pending interrupt to resume "
+                    f"(its run is {state.status})"
+                )
+            segment = state.segment + 1
             from_offset = await WorkflowStreamClient.create(self.client, handle.id).get_offset()
             await handle.signal(RESUME_SIGNAL, input.resume)
             run_id = (await handle.describe()).run_id
-        elif input is None and (open_run := await self._open_run(config)) is not None:
-            # join a run in progress (another client started it): everything from its
-            # start, while its streams are retained
-            handle, run_id = open_run
+        elif input is None:
+            handle, run_id, state, closed = await self._join_target(config)
+            if closed and "values" in modes:
+                # a finished run's final values, if its stream does not carry them
+                final_values = state.values if state is not None else await handle.result()
+            if state is None:  # closed, and its state can no longer be read
+                if final_values is not None:
+                    yield ("values", final_values) if multi else final_values
+                return
+            segment, from_offset = state.segment, state.segment_offset
         else:
-            handle = await self.astart(
-                input,
-                config,
-                stream_modes=modes,
-                **kwargs,
-            )
+            handle = await self.astart(input, config, stream_modes=modes, **kwargs)
             run_id = handle.result_run_id or handle.first_execution_run_id
-        async for item in self._stream_run(handle, run_id, modes, from_offset):
-            mode, chunk = item
-            yield (mode, chunk) if multi else chunk
+        # aclosing at every level: leaving the caller's loop closes the Redis reader and
+        # the Temporal poll now, not when the garbage collector finalizes the generators
+        run_stream = self._stream_run(handle, run_id, modes, from_offset, segment, deadline)
+        async with contextlib.aclosing(run_stream):
+            async for mode, chunk in run_stream:
+                if mode == "values":
+                    final_values = None
+                yield (mode, chunk) if multi else chunk
+        if final_values is not None:
+            yield ("values", final_values) if multi else final_values
 
-    async def _open_run(self, config: dict[str, Any] | None) -> tuple[WorkflowHandle, str] | None:
-        wid = self.workflow_id_for(config)
-        if wid is None:
-            return None
-        handle = self.client.get_workflow_handle(wid)
+    async def _current_state(self, handle: WorkflowHandle) -> RunState:
+        try:
+            return await handle.query(GET_STATE_QUERY, result_type=RunState)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFoundError(f"thread {handle.id!r} has no run") from exc
+            raise
+
+    async def _join_target(
+        self, config: dict[str, Any] | None
+    ) -> tuple[WorkflowHandle, str, RunState | None, bool]:
+        """The thread's latest run, its state (None: closed and no longer readable), and
+        whether it is closed."""
+        handle = self._handle(config)
         try:
             desc = await handle.describe()
-        except RPCError:
-            return None
-        if desc.status is None or desc.status.name != "RUNNING":
-            return None
-        return self.client.get_workflow_handle(wid, run_id=desc.run_id), desc.run_id
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFoundError(
+                    f"thread {handle.id!r} has no run to join; pass an input to start one"
+                ) from exc
+            raise
+        handle = self.client.get_workflow_handle(handle.id, run_id=desc.run_id)
+        closed = desc.status is not None and desc.status.name != "RUNNING"
+        try:
+            state: RunState | None = await handle.query(GET_STATE_QUERY, result_type=RunState)
+        except (RPCError, WorkflowQueryFailedError):
+            if not closed:
+                raise
+            state = None
+        return handle, desc.run_id, state, closed
 
     async def ajoin(
         self, config: dict[str, Any], *, stream_mode: str | list[str] = "tokens"
     ) -> AsyncIterator[Any]:
-        """Stream the run in progress on ``config``'s thread from its start (late joiners)."""
+        """``astream(None, config)``: join the thread's current run (never starts one)."""
         async for item in self.astream(None, config, stream_mode=stream_mode):
             yield item
 
     async def _stream_run(
-        self, handle: WorkflowHandle, run_id: str | None, modes: list[str], from_offset: int
+        self,
+        handle: WorkflowHandle,
+        run_id: str | None,
+        modes: list[str],
+        from_offset: int,
+        segment: int,
+        deadline: float | None,
     ) -> AsyncIterator[tuple[str, Any]]:
         topics = [RUN_TOPIC]
         if "values" in modes or "updates" in modes:
@@ -314,32 +380,37 @@ class TemporalDeepAgent:
         want_tokens = "tokens" in modes or "messages" in modes
         if want_tokens:
             topics.append(TOKENS_TOPIC)
-        temporal_items = self._subscribe(handle, topics, from_offset)
+        temporal_items = self._subscribe(handle, topics, from_offset, deadline)
         if not want_tokens:
-            async for kind, chunk in _graph_events(temporal_items, modes):
-                yield kind, chunk
+            graph_events = _graph_events(temporal_items, modes, segment)
+            async with contextlib.aclosing(graph_events), contextlib.aclosing(temporal_items):
+                async for kind, chunk in graph_events:
+                    yield kind, chunk
             await self._raise_if_failed(handle)
             return
         from deepagent_temporal.client.tokens import merge_token_stream
 
-        async for kind, chunk in merge_token_stream(
+        events = merge_token_stream(
             temporal_items,
             workflow_id=handle.id,
             run_id=run_id,
             redis_backend=self.redis_stream_backend,
             graph_modes=[m for m in modes if m not in ("tokens", "messages")],
-        ):
-            if kind != "tokens":
-                yield kind, chunk
-                continue
-            if "tokens" in modes:
-                yield kind, chunk
-            if "messages" in modes and chunk.get("type") == "token":
-                yield "messages", _message_chunk(chunk)
+            start_segment=segment,
+        )
+        async with contextlib.aclosing(events):
+            async for kind, chunk in events:
+                if kind != "tokens":
+                    yield kind, chunk
+                    continue
+                if "tokens" in modes:
+                    yield kind, chunk
+                if "messages" in modes and chunk.get("type") in ("token", "snapshot"):
+                    yield "messages", _message_chunk(chunk)
         await self._raise_if_failed(handle)
 
     async def _subscribe(
-        self, handle: WorkflowHandle, topics: list[str], from_offset: int
+        self, handle: WorkflowHandle, topics: list[str], from_offset: int, deadline: float | None
     ) -> AsyncIterator[Any]:
         """Workflow stream items (``WorkflowStreamItem``) from ``from_offset`` on.
 
@@ -350,8 +421,9 @@ class TemporalDeepAgent:
         and graph values therefore enter history once (the publishing signal), not twice.
 
         Survives worker outages (while no worker polls the task queue, updates and
-        queries fail): retries for as long as the run is open. After the run closes,
-        drains what is left with queries, then ends.
+        queries fail): retries for as long as the run is open, until ``deadline``. After the
+        run closes, drains what is left with queries, then ends. A run that vanishes
+        raises :class:`RunNotFoundError` at once.
         """
         offset = from_offset
         failures = 0
@@ -359,10 +431,14 @@ class TemporalDeepAgent:
         while True:
             try:
                 if not closed:
-                    await handle.execute_update(
-                        _STREAM_POLL,
-                        PollInput(topics=[_WAKE_TOPIC], from_offset=offset),
-                        result_type=PollResult,
+                    await _until(
+                        deadline,
+                        handle.id,
+                        handle.execute_update(
+                            _STREAM_POLL,
+                            PollInput(topics=[_WAKE_TOPIC], from_offset=offset),
+                            result_type=PollResult,
+                        ),
                     )
                 more = True
                 while more:
@@ -393,15 +469,17 @@ class TemporalDeepAgent:
                 closed = await self._is_closed(handle, failures)
                 if closed and failures > 20:
                     raise
-                await asyncio.sleep(min(0.1 * failures, 1.0))
+                await _until(deadline, handle.id, asyncio.sleep(min(0.1 * failures, 1.0)))
 
     async def _is_closed(self, handle: WorkflowHandle, failures: int) -> bool:
         try:
             desc = await handle.describe()
-        except RPCError:
-            if failures > 600:
-                raise
-            return False
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise RunNotFoundError(
+                    f"run {handle.id!r} vanished while streaming (deleted or past retention)"
+                ) from exc
+            return False  # Temporal unreachable: keep trying until the deadline
         return desc.status is not None and desc.status.name != "RUNNING"
 
     def _decode_items(self, result: PollResult) -> list[Any]:
@@ -460,10 +538,23 @@ def _failure_message(exc: BaseException) -> str:
     return ": ".join(p for p in parts if p)
 
 
+async def _until(deadline: float | None, run: str, aw: Any) -> Any:
+    """Await ``aw``, raising :class:`StreamTimeoutError` at ``deadline``."""
+    if deadline is None:
+        return await aw
+    try:
+        return await asyncio.wait_for(aw, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        raise StreamTimeoutError(
+            f"run {run!r} is still going after the stream's timeout; the run continues: "
+            "join it again with astream(None, config)"
+        ) from None
+
+
 async def _graph_events(
-    items: AsyncIterator[Any], modes: list[str]
+    items: AsyncIterator[Any], modes: list[str], segment: int = 0
 ) -> AsyncIterator[tuple[str, Any]]:
-    """Graph-topic events of a run until it ends, pauses or fails."""
+    """Graph-topic events of a run segment until it ends, pauses or fails."""
     async for item in items:
         data = item.data
         if item.topic == CUSTOM_TOPIC:
@@ -472,6 +563,8 @@ async def _graph_events(
         if item.topic not in (GRAPH_TOPIC, RUN_TOPIC) or not isinstance(data, dict):
             continue
         kind = data.get("kind")
+        if item.topic == RUN_TOPIC and int(data.get("segment") or 0) < segment:
+            continue  # a marker of an earlier segment (a joiner reads from its start)
         if item.topic == RUN_TOPIC and kind in RUN_ENDING_MARKERS:
             if kind == RUN_PAUSE and "updates" in modes:
                 yield "updates", {"__interrupt__": tuple(data["data"]["interrupts"])}

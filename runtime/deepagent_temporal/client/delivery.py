@@ -35,6 +35,7 @@ class _CallBuf:
     buf: dict[int, dict[str, Any]] = field(default_factory=dict)
     pending_end: dict[str, Any] | None = None
     gap_since: float | None = None
+    chars: int = 0  # length of the text delivered so far (a snapshot sends the rest)
 
 
 def _scope(ev: dict[str, Any]) -> Any:
@@ -61,6 +62,8 @@ class TokenStreamMerger:
         self.duplicates = 0
         self.dropped_reset = 0
         self.gaps = 0
+        self.snapshots = 0
+        self.dropped_gap = 0
         self.delivered = 0
 
     # -- core ----------------------------------------------------------------------------
@@ -129,15 +132,18 @@ class TokenStreamMerger:
                 call.gap_since = self.clock()
             return []
         call.started = True
-        out = [self._deliver(ev)]
-        call.next_index += 1
+        out = [self._deliver_token(call, ev)]
         self._drain(call, out)
         return out
 
+    def _deliver_token(self, call: _CallBuf, ev: dict[str, Any]) -> dict[str, Any]:
+        call.next_index += 1
+        call.chars += len(ev.get("token") or "")
+        return self._deliver(ev)
+
     def _drain(self, call: _CallBuf, out: list[dict[str, Any]]) -> None:
         while call.next_index in call.buf:
-            out.append(self._deliver(call.buf.pop(call.next_index)))
-            call.next_index += 1
+            out.append(self._deliver_token(call, call.buf.pop(call.next_index)))
         if call.pending_end is not None and call.next_index >= (
             call.pending_end.get("token_count") or 0
         ):
@@ -145,6 +151,74 @@ class TokenStreamMerger:
             call.pending_end = None
             call.ended = True
         call.gap_since = self.clock() if (call.buf or call.pending_end) else None
+
+    def settle(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Apply the durable record of a call (``contract.LLM_RECORD``).
+
+        If this client has fewer tokens of the call than the record counts and the
+        record has the call's text, the rest of the text is delivered as one
+        ``snapshot`` event (after the tokens delivered so far, so the call's deltas
+        still concatenate to its text); then the call's ``llm_end``. Tokens of the call
+        that arrive later are duplicates.
+        """
+        scope = _scope(record)
+        attempt = int(record.get("attempt") or 1)
+        if attempt <= self._resets.get(scope, 0):
+            return []
+        ck = (scope, attempt, record.get("llm_call"))
+        call = self._calls.get(ck)
+        if call is None:
+            call = self._calls[ck] = _CallBuf(scope, attempt)
+        if call.ended:
+            return []
+        count = int(record.get("token_count") or 0)
+        out: list[dict[str, Any]] = []
+        if call.next_index < count:
+            text = record.get("text")
+            if text is None:
+                return []  # the Temporal path carried it: its tokens are on their way
+            base = {
+                k: record.get(k)
+                for k in ("node", "namespace", "task_id", "llm_call", "attempt", "message_id")
+            }
+            if record.get("nostream"):
+                base["nostream"] = True
+            if record.get("segment"):
+                base["segment"] = record["segment"]
+            if not call.started:
+                out.append(self._deliver({"type": "llm_start", "token": "", **base}))
+                call.started = True
+            self.snapshots += 1
+            self.dropped_gap += len(call.buf)
+            call.buf.clear()
+            out.append(
+                self._deliver(
+                    {
+                        "type": "snapshot",
+                        "token": text[call.chars :],
+                        "index": call.next_index,
+                        "snapshot": True,
+                        "source": "temporal",
+                        **base,
+                    }
+                )
+            )
+            call.next_index = count
+            call.chars = len(text)
+        end = call.pending_end or {
+            "type": "llm_end",
+            "token": "",
+            **{k: record.get(k) for k in ("node", "namespace", "task_id", "llm_call", "attempt")},
+            "message_id": record.get("message_id"),
+            "token_count": count,
+        }
+        if "error" in record and "error" not in end:
+            end["error"] = record["error"]
+        out.append(self._deliver(end))
+        call.pending_end = None
+        call.ended = True
+        call.gap_since = None
+        return out
 
     def _deliver(self, ev: dict[str, Any]) -> dict[str, Any]:
         out = dict(ev)

@@ -45,8 +45,10 @@ from temporalio.worker import (
 from deepagent_temporal.contract import (
     CUSTOM_TOPIC,
     FINISH_STREAM_ACTIVITY,
+    LLM_RECORD,
     TOKENS_TOPIC,
     WorkerEnv,
+    content_text,
 )
 from deepagent_temporal.transport.temporal import compact
 
@@ -65,6 +67,8 @@ class NodeActivityInput:
     langgraph_config: dict[str, Any]
     node: str = ""
     namespace: tuple[str, ...] = ()
+    #: the run's segment (resumes so far): token events carry it
+    segment: int = 0
 
 
 @dataclass
@@ -175,6 +179,7 @@ def make_node_caller(
         namespace = tuple(p for p in ns.split("|") if p)[:-1]
         opts = dict(options)
         opts.setdefault("summary", node_name)
+        run = workflow.instance()
         out: NodeActivityOutput = await workflow.execute_activity(
             activity_fn,
             NodeActivityInput(
@@ -183,14 +188,52 @@ def make_node_caller(
                 langgraph_config=lg_config,
                 node=node_name,
                 namespace=namespace,
+                segment=getattr(run, "segment", 0),
             ),
             **opts,
         )
+        record_calls = getattr(run, "record_llm_calls", None)
+        if out.token_summary and record_calls is not None:
+            record_calls(llm_records(out))
         if out.interrupts is not None:
             raise GraphInterrupt(out.interrupts)
         return out.result
 
     return call_node
+
+
+def message_text(value: Any, message_id: str | None, _depth: int = 0) -> str | None:
+    """The text of the message with ``message_id`` inside a node's result, if any."""
+    if message_id is None or _depth > 8:
+        return None
+    if getattr(value, "id", None) == message_id and hasattr(value, "content"):
+        return content_text(value.content)
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    elif hasattr(value, "update") and hasattr(value, "goto"):  # a Command
+        children = [value.update]
+    else:
+        return None
+    for child in children:
+        found = message_text(child, message_id, _depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def llm_records(out: NodeActivityOutput) -> list[dict[str, Any]]:
+    """The durable record of each LLM call of a completed node activity (see
+    ``contract.LLM_RECORD``): its summary, with the text taken from the result if needed."""
+    records = []
+    for summary in out.token_summary or []:
+        record = {k: v for k, v in summary.items() if k != "text_in_result"}
+        if summary.get("text_in_result"):
+            record["text"] = message_text(out.result, summary.get("message_id"))
+        record["type"] = LLM_RECORD
+        records.append(record)
+    return records
 
 
 # ------------------------------------------------------------ token capture injection
@@ -290,6 +333,7 @@ class TokenStreamingInterceptor(Interceptor):
             namespace=namespace,
             task_id=info.activity_id,
             attempt=info.attempt,
+            segment=getattr(node_input, "segment", 0),
             redis=self.redis_stream_backend,
             temporal_publish=publish,
             temporal_batch_interval=self.temporal_batch_interval.total_seconds(),
@@ -340,9 +384,16 @@ class TokenStreamingInterceptor(Interceptor):
                 await heartbeat
         if summaries and isinstance(result, NodeActivityOutput):
             task_id = activity.info().activity_id
-            result = dataclasses.replace(
-                result, token_summary=[{**s, "task_id": task_id} for s in summaries]
-            )
+            summaries = [{**s, "task_id": task_id} for s in summaries]
+            for summary in summaries:
+                # the text is in the result already (a model node's AIMessage): do not
+                # store it twice in history; the workflow takes it from the result
+                if "text" in summary and (
+                    message_text(result.result, summary.get("message_id")) == summary["text"]
+                ):
+                    summary["text_in_result"] = True
+                    del summary["text"]
+            result = dataclasses.replace(result, token_summary=summaries)
         return result
 
 
@@ -357,8 +408,9 @@ async def _heartbeat_loop() -> None:
         await asyncio.sleep(interval)
 
 
-async def finish_stream_activity_impl(backend: Any) -> bool:
-    """End of run: write the Redis ``complete`` entry (and re-send what Redis lost)."""
+async def finish_stream_activity_impl(backend: Any, segment: int = 0) -> bool:
+    """End of a run segment (the run ends or pauses): write the Redis ``complete`` entry
+    (and re-send what Redis lost through the Temporal path)."""
     if backend is None:
         return False
     from temporalio.contrib.workflow_streams import WorkflowStreamClient
@@ -373,13 +425,16 @@ async def finish_stream_activity_impl(backend: Any) -> bool:
 
     async with stream:
         return await backend.publish_complete(
-            info.workflow_id, info.workflow_run_id, temporal_publish=temporal_publish
+            info.workflow_id,
+            info.workflow_run_id,
+            temporal_publish=temporal_publish,
+            extra={"segment": segment} if segment else None,
         )
 
 
 def make_finish_stream_activity(backend: Any) -> Callable[..., Awaitable[bool]]:
-    async def finish_stream() -> bool:
-        return await finish_stream_activity_impl(backend)
+    async def finish_stream(segment: int = 0) -> bool:
+        return await finish_stream_activity_impl(backend, segment)
 
     return activity.defn(name=FINISH_STREAM_ACTIVITY)(finish_stream)
 

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RUN_PAUSE,
         RUN_RESUMED,
         RUN_TOPIC,
+        TOKENS_TOPIC,
         WAIT_UPDATE,
         WORKFLOW_NAME,
         RunRequest,
@@ -71,6 +72,7 @@ class DeepAgentWorkflow:
         self.stream = WorkflowStream()
         self._graph_topic = self.stream.topic(GRAPH_TOPIC)
         self._run_topic = self.stream.topic(RUN_TOPIC)
+        self._tokens_topic = self.stream.topic(TOKENS_TOPIC)
         self._state = RunState()
         self._resume_values: list[Any] = []
         self._pause_count = 0
@@ -122,18 +124,30 @@ class DeepAgentWorkflow:
                 self._state.interrupts = tuple(snapshot.interrupts)
                 if not snapshot.next:
                     break
-                # paused: an interrupt() in a node, or interrupt_before / _after
+                # paused: an interrupt() in a node, or interrupt_before / _after. A pause
+                # ends a segment on both paths: Redis gets the segment's `complete`.
                 self._state.status = "interrupted"
                 self._pause_count += 1
+                redis_complete = await self._finish_stream(request)
                 self._run_topic.publish(
-                    {"kind": RUN_PAUSE, "data": {"interrupts": list(snapshot.interrupts)}}
+                    {
+                        "kind": RUN_PAUSE,
+                        "data": {"interrupts": list(snapshot.interrupts)},
+                        "redis_complete": redis_complete,
+                        "segment": self.segment,
+                    }
                 )
                 await workflow.wait_condition(lambda: bool(self._resume_values))
                 value = self._resume_values.pop(0)
                 self._state.status = "running"
                 self._state.interrupts = ()
                 inp = value if isinstance(value, Command) else Command(resume=value)
-                self._run_topic.publish({"kind": RUN_RESUMED, "data": None})
+                self._state.segment += 1
+                # where the new segment starts: the offset query's own value
+                self._state.segment_offset = self.stream._on_offset()
+                self._run_topic.publish(
+                    {"kind": RUN_RESUMED, "data": None, "segment": self.segment}
+                )
         except Exception as exc:
             if not isinstance(exc, FailureError):
                 workflow.logger.exception("graph run failed in the workflow")
@@ -141,7 +155,12 @@ class DeepAgentWorkflow:
             self._state.error = f"{type(exc).__name__}: {exc}"
             redis_complete = await self._finish_stream(request)
             self._run_topic.publish(
-                {"kind": RUN_ERROR, "data": self._state.error, "redis_complete": redis_complete}
+                {
+                    "kind": RUN_ERROR,
+                    "data": self._state.error,
+                    "redis_complete": redis_complete,
+                    "segment": self.segment,
+                }
             )
             await self._drain_handlers()
             if isinstance(exc, FailureError):
@@ -154,7 +173,14 @@ class DeepAgentWorkflow:
         self._state.status = "completed"
         self._state.next = ()
         redis_complete = await self._finish_stream(request)
-        self._run_topic.publish({"kind": RUN_END, "data": None, "redis_complete": redis_complete})
+        self._run_topic.publish(
+            {
+                "kind": RUN_END,
+                "data": None,
+                "redis_complete": redis_complete,
+                "segment": self.segment,
+            }
+        )
         await self._drain_handlers()
         return self._state.values
 
@@ -169,6 +195,7 @@ class DeepAgentWorkflow:
         try:
             return await workflow.execute_activity(
                 FINISH_STREAM_ACTIVITY,
+                self.segment,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
                 summary="finish token stream",
@@ -176,6 +203,16 @@ class DeepAgentWorkflow:
         except Exception:  # best effort: the client ends the stream from Temporal anyway
             workflow.logger.warning("could not write the end of the token stream")
             return False
+
+    @property
+    def segment(self) -> int:
+        """Resumes so far; node activities stamp their token events with it."""
+        return self._state.segment
+
+    def record_llm_calls(self, records: list[dict[str, Any]]) -> None:
+        """Publish the durable record of each LLM call of a completed node activity."""
+        if records:
+            self._tokens_topic.publish([{**r, "segment": self.segment} for r in records])
 
     async def _drain_handlers(self) -> None:
         """Release stream long-polls and let ``wait`` updates answer before closing."""

@@ -184,6 +184,40 @@ def _approval_graph() -> Any:
 
 approval = _approval_graph()
 
+#: a model call, an interrupt, then another model call (human in the loop with tokens)
+_chat_model = ScriptedChatModel(
+    script=[
+        "Plan: build the image, run the tests, then roll out to one zone at a time.",
+        "Rolling out now, zone by zone, as you approved.",
+    ],
+    token_delay=0.002,
+)
+
+
+def _chat_approval_graph() -> Any:
+    async def draft(state: MessagesState) -> dict:
+        return {"messages": [await _chat_model.ainvoke(state["messages"])]}
+
+    def ask(state: MessagesState) -> dict:
+        answer = interrupt({"question": "Go ahead?"})
+        return {"messages": [HumanMessage(content=str(answer))]}
+
+    async def act(state: MessagesState) -> dict:
+        return {"messages": [await _chat_model.ainvoke(state["messages"])]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("draft", draft)
+    g.add_node("ask", ask)
+    g.add_node("act", act)
+    g.add_edge(START, "draft")
+    g.add_edge("draft", "ask")
+    g.add_edge("ask", "act")
+    g.add_edge("act", END)
+    return g.compile(name="chat_approval")
+
+
+chat_approval = _chat_approval_graph()
+
 # ---------------------------------------------------------------------- failures
 
 

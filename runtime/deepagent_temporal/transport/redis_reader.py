@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from deepagent_temporal.contract import REDIS, decode_entry
@@ -33,12 +33,14 @@ class RedisStreamReader(RedisEndpoint):
         count: int = 1000,
         max_backoff: float = 2.0,
         stop_on_complete: bool = True,
+        on_idle: Callable[[], None] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield events of a run from ``last_id`` on, until ``complete``.
 
         Survives Redis restarts (reconnects with backoff and resumes after the last id
         seen); cancel the consuming task (or ``aclose()``) to stop. Each event carries
         ``redis_id`` (its entry id, the resume cursor) and ``source="redis"``.
+        ``on_idle`` is called whenever the reader has caught up with the stream.
         """
         async for _run, ev in self.subscribe_many(
             [(workflow_id, run_id)],
@@ -47,6 +49,7 @@ class RedisStreamReader(RedisEndpoint):
             count=count,
             max_backoff=max_backoff,
             stop_on_complete=stop_on_complete,
+            on_idle=on_idle,
         ):
             yield ev
 
@@ -59,6 +62,7 @@ class RedisStreamReader(RedisEndpoint):
         count: int = 1000,
         max_backoff: float = 2.0,
         stop_on_complete: bool = True,
+        on_idle: Callable[[], None] | None = None,
     ) -> AsyncIterator[tuple[Run, dict[str, Any]]]:
         """Like ``subscribe`` for many runs over one connection: yields ``(run, event)``.
 
@@ -101,6 +105,8 @@ class RedisStreamReader(RedisEndpoint):
                     backoff = min(backoff * 2, max_backoff)
                     continue
                 if not resp:
+                    if on_idle is not None:
+                        on_idle()  # caught up: nothing more was written in block_ms
                     continue
                 if isinstance(resp, dict):  # RESP3 (a ?protocol=3 URL) replies with a map
                     resp = resp.items()
