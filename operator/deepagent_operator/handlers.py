@@ -9,7 +9,8 @@
   ConfigMaps and repairs drift that produced no event.
 
 No handler needs a finalizer: children are garbage-collected through ownerReferences, so a
-DeepAgent can be deleted even while the operator is down.
+DeepAgent can be deleted even while the operator is down. The startup handler also serves
+the Prometheus metrics (:mod:`.metrics`) when ``--metrics-port`` is set.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 import kopf
 
 from . import GROUP, MANAGER, PLURAL, VERSION
-from .children import MANAGED_BY, SpecError
+from .children import MANAGED_BY
 from .config import OperatorConfig
 from .kube import Kube, make_api_client
+from .metrics import OperatorMetrics
+from .model import SpecError
 from .reconcile import Reconciler
 
 log = logging.getLogger("deepagent_operator")
@@ -69,11 +72,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     settings.execution.max_workers = config.workers
     for group, _version, plural in CHILD_RESOURCES.values():
         settings.watching.label_selectors[(group, plural) if group else plural] = CHILD_SELECTOR
-    reconciler = Reconciler(Kube(make_api_client(config.workers)), config)
-    memo.reconciler = reconciler
+    metrics = OperatorMetrics()
+    kube = Kube(make_api_client(config.workers), metrics=metrics)
+    memo.reconciler = Reconciler(kube, config, metrics=metrics)
     memo.tasks = [asyncio.create_task(_resync_loop(memo))]
-    if config.metrics_port:
-        memo.tasks.append(asyncio.create_task(_serve_metrics(memo, config.metrics_port)))
+    memo.metrics_server = metrics.serve(config.metrics_port) if config.metrics_port else None
     logger.info(
         "deepagent-operator started: namespaces=%s default_image=%r redis_image=%r",
         list(config.namespaces) or "ALL",
@@ -87,6 +90,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in getattr(memo, "tasks", []):
         task.cancel()
     await asyncio.gather(*getattr(memo, "tasks", []), return_exceptions=True)
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
 
 
 def _reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, logger: Any) -> None:
@@ -178,39 +185,8 @@ async def _resync_loop(memo: kopf.Memo) -> None:
                 )
             bodies = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
             await asyncio.gather(*(one(b) for b in bodies))
-            memo.reconciler.metrics.inc("resyncs_total")
+            memo.reconciler.metrics.resyncs.inc()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("resync failed")
-
-
-async def _serve_metrics(memo: kopf.Memo, port: int) -> None:
-    from aiohttp import web
-
-    async def metrics(_: web.Request) -> web.Response:
-        r: Reconciler = memo.reconciler
-        extra = {
-            f'api_writes_total{{method="{m}",resource="{res}"}}': float(n)
-            for (m, res), n in r.kube.writes.items()
-        }
-        extra.update(
-            {
-                f'api_requests_by_total{{method="{m}",resource="{res}",code="{code}"}}': float(n)
-                for (m, res, code), n in r.kube.requests_by.items()
-            }
-        )
-        extra["api_requests_total"] = float(r.kube.requests)
-        extra["api_request_seconds_total"] = r.kube.request_seconds
-        return web.Response(text=r.metrics.render(extra), content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", port)
-    await site.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()

@@ -7,7 +7,6 @@ fixed field manager, so applying an unchanged manifest is a no-op on the server 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from . import GROUP, MANAGER, PLURAL, VERSION
+from .metrics import OperatorMetrics
 
 # kind -> (api prefix, plural)
 KINDS: dict[str, tuple[str, str]] = {
@@ -52,15 +52,16 @@ def make_api_client(pool_size: int = 16) -> k8s_client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api_client: k8s_client.ApiClient | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        api_client: k8s_client.ApiClient | None = None,
+        timeout: float = 30.0,
+        metrics: OperatorMetrics | None = None,
+    ):
         self.api = api_client or make_api_client()
         self.timeout = timeout
-        self._lock = threading.Lock()
-        #: Counts of write requests by (method, kind); read by the metrics endpoint and tests.
-        self.writes: dict[tuple[str, str], int] = {}
-        self.requests = 0
-        self.requests_by: dict[tuple[str, str, int], int] = {}
-        self.request_seconds = 0.0
+        #: Request and write counters (served on the operator's /metrics).
+        self.metrics = metrics or OperatorMetrics()
 
     # -- raw -------------------------------------------------------------------------
     def request(
@@ -91,33 +92,25 @@ class Kube:
             m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=self.timeout
         )
         raw = resp.read()
-        with self._lock:
-            self.requests += 1
-            self.request_seconds += time.monotonic() - t0
+        seconds = time.monotonic() - t0
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         parts = path.split("?")[0].split("/")
-        res = (
+        # The resource of a namespaced path (`.../namespaces/<ns>/<resource>/...`), else the
+        # last segment.
+        resource = (
             parts[parts.index("namespaces") + 2]
             if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2
             else parts[-1]
         )
-        with self._lock:
-            k = (method, res, resp.status)
-            self.requests_by[k] = self.requests_by.get(k, 0) + 1
+        self.metrics.observe_request(method, resource, resp.status, seconds)
         if resp.status >= 400:
             raise ApiError(resp.status, parsed, method, path)
         if method != "GET":
-            resource = (
-                parts[parts.index("namespaces") + 2]
-                if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2
-                else parts[-1]
-            )
-            key = (method, resource + ("/status" if parts[-1] == "status" else ""))
-            with self._lock:
-                self.writes[key] = self.writes.get(key, 0) + 1
+            written = resource + ("/status" if parts[-1] == "status" else "")
+            self.metrics.api_writes.labels(method, written).inc()
         return resp.status, parsed
 
     @staticmethod

@@ -1,18 +1,35 @@
-"""The ``DeepAgent.spec`` model: single source of truth for the CRD schema and the operator.
+"""The DeepAgent model: ``spec`` and ``status``, single source of truth for the CRD and the operator.
 
 ``crds/deepagent.yaml`` is generated from these classes (see :mod:`.crd`), so every
 type, enum, default, bound and pattern here is enforced by the Kubernetes API server too.
 Cross-field rules are written twice, once as CEL (``x-kubernetes-validations``, checked by
 the API server) and once as a pydantic validator (checked by the operator, e.g. for
 objects created before the CRD was upgraded); the unit tests keep the two in agreement.
+The status the operator writes is built as a :class:`DeepAgentStatus` (see :mod:`.status`).
+Descriptions name the worker variables through ``WorkerEnv`` (the runtime's contract).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from deepagent_temporal.contract import WorkerEnv
+
+from .corev1 import (
+    NAME_PATTERN,
+    EnvFromSource,
+    EnvVar,
+    KubeModel,
+    LocalObjectReference,
+    NameStr,
+    Quantity,
+    ResourceRequirements,
+    SecretKeySelector,
+    name_field,
+    quantity_field,
+)
 
 # `package.module:attribute` (attribute may be dotted, e.g. `pkg.mod:Factory.build`).
 GRAPH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -21,127 +38,40 @@ ADDRESS_PATTERN = (
     r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
 )
-# DNS-1123 subdomain (names of Secrets, ConfigMaps, ServiceAccounts, ...).
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 REDIS_URL_PATTERN = r"^rediss?://[^\s]+$"
 TASK_QUEUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._/]*[A-Za-z0-9])?$"
+
+_env = WorkerEnv.name  # the worker variable a field sets, for its description
 
 # Longest DeepAgent name: `<name>-redis-<controller-revision-hash>` must stay a valid label.
 MAX_NAME_LENGTH = 40
 
-Quantity = int | str
-NameStr = str
+
+class SpecError(Exception):
+    """A semantic problem the API server cannot see (e.g. a missing Secret).
+
+    ``field`` names the offending spec field, ``fix`` tells the user what to do.
+    """
+
+    def __init__(self, field: str, message: str, fix: str, reason: str = "InvalidSpec"):
+        super().__init__(f"{field}: {message}; {fix}")
+        self.field = field
+        self.message = message
+        self.fix = fix
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}; {self.fix}"
 
 
-def _quantity_field(**kw: Any) -> Any:
-    return Field(
-        json_schema_extra={"pattern": QUANTITY_PATTERN, "x-kubernetes-int-or-string": True},
-        **kw,
-    )
-
-
-def _quantity_map_field() -> Any:
-    """A map of resource name to quantity, as core/v1 ResourceRequirements has it."""
-    return Field(
-        default=None,
-        json_schema_extra={
-            "additionalProperties": {
-                "anyOf": [{"type": "integer"}, {"type": "string"}],
-                "pattern": QUANTITY_PATTERN,
-                "x-kubernetes-int-or-string": True,
-            }
-        },
-    )
-
-
-def _name_field(description: str, **kw: Any) -> Any:
-    return Field(min_length=1, max_length=253, pattern=NAME_PATTERN, description=description, **kw)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=False,
-    )
-
-    def dump(self) -> dict[str, Any]:
-        """The camelCase dict of the set and defaulted fields, without ``None``."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-class LocalObjectReference(_Model):
-    name: NameStr = _name_field("Name of the referenced object in the same namespace.")
-
-
-class SecretKeySelector(_Model):
-    name: NameStr = _name_field("Name of a Secret in the DeepAgent's namespace.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
-    optional: bool | None = Field(default=None, description="Do not fail if it is missing.")
-
-
-class ConfigMapKeySelector(_Model):
-    name: NameStr = _name_field("Name of a ConfigMap in the DeepAgent's namespace.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the ConfigMap.")
-    optional: bool | None = Field(default=None, description="Do not fail if it is missing.")
-
-
-class ObjectFieldSelector(_Model):
-    field_path: str = Field(min_length=1, description="Path of the field, e.g. metadata.name.")
-    api_version: str | None = None
-
-
-class ResourceFieldSelector(_Model):
-    resource: str = Field(min_length=1)
-    container_name: str | None = None
-    divisor: Quantity | None = _quantity_field(default=None)
-
-
-class EnvVarSource(_Model):
-    secret_key_ref: SecretKeySelector | None = None
-    config_map_key_ref: ConfigMapKeySelector | None = None
-    field_ref: ObjectFieldSelector | None = None
-    resource_field_ref: ResourceFieldSelector | None = None
-
-
-class EnvVar(_Model):
-    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
-    value: str | None = None
-    value_from: EnvVarSource | None = None
-
-
-class SecretEnvSource(_Model):
-    name: NameStr = _name_field("Name of a Secret in the DeepAgent's namespace.")
-    optional: bool | None = None
-
-
-class ConfigMapEnvSource(_Model):
-    name: NameStr = _name_field("Name of a ConfigMap in the DeepAgent's namespace.")
-    optional: bool | None = None
-
-
-class EnvFromSource(_Model):
-    prefix: str | None = Field(default=None, max_length=256)
-    secret_ref: SecretEnvSource | None = None
-    config_map_ref: ConfigMapEnvSource | None = None
-
-
-class ResourceRequirements(_Model):
-    limits: dict[str, Quantity] | None = _quantity_map_field()
-    requests: dict[str, Quantity] | None = _quantity_map_field()
-
-
-class TemporalTLS(_Model):
-    secret_name: NameStr = _name_field(
+class TemporalTLS(KubeModel):
+    secret_name: NameStr = name_field(
         "Secret with the client certificate (`tls.crt`), key (`tls.key`) and optionally the "
         "server CA (`ca.crt`); mounted read-only and passed as TEMPORAL_TLS_* file paths."
     )
 
 
-class TemporalSpec(_Model):
+class TemporalSpec(KubeModel):
     address: str | None = Field(
         default=None,
         max_length=512,
@@ -153,7 +83,8 @@ class TemporalSpec(_Model):
         default="default", min_length=1, max_length=253, description="Temporal namespace."
     )
     api_key_secret_ref: SecretKeySelector | None = Field(
-        default=None, description="Secret key holding TEMPORAL_API_KEY (e.g. Temporal Cloud)."
+        default=None,
+        description=f"Secret key holding {_env('temporal_api_key')} (e.g. Temporal Cloud).",
     )
     tls: TemporalTLS | None = Field(default=None, description="mTLS client certificate.")
 
@@ -162,16 +93,16 @@ RedisMode = Literal["Managed", "External", "Disabled"]
 StorageType = Literal["EmptyDir", "PersistentVolumeClaim"]
 
 
-class RedisStorage(_Model):
+class RedisStorage(KubeModel):
     type: StorageType = Field(
         default="EmptyDir",
         description="EmptyDir (streams are short-lived; default) or PersistentVolumeClaim.",
     )
-    size: Quantity = _quantity_field(default="1Gi", description="Size of the PVC.")
+    size: Quantity = quantity_field(default="1Gi", description="Size of the PVC.")
     storage_class_name: str | None = Field(default=None, max_length=253)
 
 
-class RedisSpec(_Model):
+class RedisSpec(KubeModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -231,13 +162,13 @@ class RedisSpec(_Model):
         return self
 
 
-class StreamingSpec(_Model):
-    tokens: bool = Field(default=True, description="DEEPAGENT_TOKEN_STREAMING.")
+class StreamingSpec(KubeModel):
+    tokens: bool = Field(default=True, description=f"{_env('token_streaming')}.")
     max_len: int = Field(
-        default=10000, ge=1, description="DEEPAGENT_STREAM_MAXLEN (XADD MAXLEN ~ N)."
+        default=10000, ge=1, description=f"{_env('stream_maxlen')} (XADD MAXLEN ~ N)."
     )
     ttl_seconds: int = Field(
-        default=3600, ge=1, description="DEEPAGENT_STREAM_TTL_SECONDS (sliding EXPIRE)."
+        default=3600, ge=1, description=f"{_env('stream_ttl_seconds')} (sliding EXPIRE)."
     )
     # The default names `mode` because the API server checks the CEL rules on defaults too.
     redis: RedisSpec = Field(
@@ -245,7 +176,7 @@ class StreamingSpec(_Model):
     )
 
 
-class AutoscalingSpec(_Model):
+class AutoscalingSpec(KubeModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -275,7 +206,7 @@ class AutoscalingSpec(_Model):
         return self
 
 
-class DeepAgentSpec(_Model):
+class DeepAgentSpec(KubeModel):
     """Desired state of a DeepAgent: a worker Deployment for one graph (plus optional Redis)."""
 
     model_config = ConfigDict(
@@ -295,7 +226,7 @@ class DeepAgentSpec(_Model):
         max_length=512,
         pattern=GRAPH_PATTERN,
         description="`package.module:attribute` of a compiled graph or zero-arg factory "
-        "(DEEPAGENT_GRAPH).",
+        f"({_env('graph')}).",
     )
     image: str | None = Field(
         default=None,
@@ -376,7 +307,7 @@ class DeepAgentSpec(_Model):
         default=None, description="Extra labels of the worker pods."
     )
     health_port: int = Field(
-        default=8080, ge=1, le=65535, description="DEEPAGENT_HEALTH_PORT (/healthz, /readyz)."
+        default=8080, ge=1, le=65535, description=f"{_env('health_port')} (/healthz, /readyz)."
     )
     autoscaling: AutoscalingSpec | None = Field(
         default=None,
@@ -391,6 +322,74 @@ class DeepAgentSpec(_Model):
                 "remove spec.replicas when spec.autoscaling is set"
             )
         return self
+
+
+Phase = Literal["Pending", "Ready", "Degraded", "Failed"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def _int_field(fmt: str, **kw: Any) -> Any:
+    """An integer the API server stores as ``int32`` / ``int64`` (Kubernetes' formats)."""
+    return Field(default=None, json_schema_extra={"format": fmt}, **kw)
+
+
+class _Observed(KubeModel):
+    """A status model: read back from the API too, so unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(_Observed):
+    """One entry of status.conditions (the usual Kubernetes condition shape)."""
+
+    type: str
+    status: ConditionStatus
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = _int_field("int64")
+
+
+class WorkersStatus(_Observed):
+    """The worker Deployment as last observed."""
+
+    deployment: str | None = None
+    replicas: int | None = _int_field("int32")
+    ready_replicas: int | None = _int_field("int32")
+    updated_replicas: int | None = _int_field("int32")
+    available_replicas: int | None = _int_field("int32")
+    config_hash: str | None = None
+
+
+class RedisStatus(_Observed):
+    """Where the workers' Redis is and whether it is ready."""
+
+    mode: str | None = None
+    status: str | None = None
+    endpoint: str | None = None
+    secret_name: str | None = None
+    ready: bool | None = None
+
+
+class DeepAgentStatus(_Observed):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = _int_field("int64")
+    phase: Phase | None = None
+    ready: str | None = Field(default=None, description="readyReplicas/replicas of the workers.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    workers: WorkersStatus | None = None
+    redis: RedisStatus | None = None
+    task_queue: str | None = None
+
+
+#: Top-level keys of ``status`` that the operator owns (it patches only these).
+STATUS_KEYS = tuple(f.alias or name for name, f in DeepAgentStatus.model_fields.items())
 
 
 def parse_spec(spec: dict[str, Any] | None) -> DeepAgentSpec:

@@ -1,4 +1,8 @@
-"""Pure status computation: children's live status in, ``DeepAgent.status`` out."""
+"""Pure status computation: children's live status in, ``DeepAgent.status`` out.
+
+The status is built as a :class:`~.model.DeepAgentStatus` (the model the CRD's status schema
+is generated from) and returned as its camelCase dict, the form the API takes.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,22 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from .children import SpecError, redis_endpoint, redis_secret_name, worker_name
-
-CONDITION_TYPES = ("Ready", "SpecValid", "WorkersAvailable", "RedisReady")
+from .children import redis_endpoint, redis_secret_name, worker_name
+from .model import Condition, DeepAgentStatus, Phase, RedisStatus, SpecError, WorkersStatus
 
 
 def now_iso() -> str:
+    """The current UTC time as Kubernetes writes timestamps (RFC 3339, seconds)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cond(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-    }
+def _cond(type_: str, ok: bool, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason, message=message)
 
 
 def worker_condition(
     deployment: Mapping[str, Any] | None, desired_replicas: int | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Condition, WorkersStatus]:
     """(WorkersAvailable condition, status.workers block)."""
     if deployment is None:
         return (
@@ -36,22 +35,22 @@ def worker_condition(
                 "DeploymentNotFound",
                 "the worker Deployment does not exist yet",
             ),
-            {},
+            WorkersStatus(),
         )
     spec = deployment.get("spec") or {}
     st = deployment.get("status") or {}
     meta = deployment.get("metadata") or {}
-    want = spec.get("replicas", desired_replicas if desired_replicas is not None else 1)
+    want = int(spec.get("replicas", desired_replicas if desired_replicas is not None else 1))
     ready = int(st.get("readyReplicas") or 0)
     available = int(st.get("availableReplicas") or 0)
     updated = int(st.get("updatedReplicas") or 0)
-    block = {
-        "deployment": meta.get("name"),
-        "replicas": int(want),
-        "readyReplicas": ready,
-        "updatedReplicas": updated,
-        "availableReplicas": available,
-    }
+    block = WorkersStatus(
+        deployment=meta.get("name"),
+        replicas=want,
+        ready_replicas=ready,
+        updated_replicas=updated,
+        available_replicas=available,
+    )
     observed = st.get("observedGeneration")
     generation = meta.get("generation")
     rolling = (observed is not None and generation is not None and observed < generation) or (
@@ -61,38 +60,24 @@ def worker_condition(
         return _cond("WorkersAvailable", True, "ScaledToZero", "0 workers requested"), block
     if available >= want and ready >= want:
         if rolling:
-            return (
-                _cond(
-                    "WorkersAvailable",
-                    True,
-                    "RollingOut",
-                    f"{ready}/{want} workers ready; rolling out ({updated} updated)",
-                ),
-                block,
-            )
-        return (
-            _cond(
-                "WorkersAvailable",
-                True,
-                "MinimumReplicasAvailable",
-                f"{ready}/{want} workers ready",
-            ),
-            block,
-        )
+            message = f"{ready}/{want} workers ready; rolling out ({updated} updated)"
+            return _cond("WorkersAvailable", True, "RollingOut", message), block
+        message = f"{ready}/{want} workers ready"
+        return _cond("WorkersAvailable", True, "MinimumReplicasAvailable", message), block
     reason = "RollingOut" if rolling else "WorkersNotReady"
-    return (_cond("WorkersAvailable", False, reason, f"{ready}/{want} workers ready"), block)
+    return _cond("WorkersAvailable", False, reason, f"{ready}/{want} workers ready"), block
 
 
 def redis_condition(
     mode: str, name: str, namespace: str, statefulset: Mapping[str, Any] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Condition, RedisStatus]:
     """(RedisReady condition, status.redis block)."""
     if mode == "Disabled":
         return (
             _cond(
                 "RedisReady", True, "Disabled", "no Redis: tokens stream through Temporal (Phase 1)"
             ),
-            {"mode": mode, "status": "Disabled", "ready": False},
+            RedisStatus(mode=mode, status="Disabled", ready=False),
         )
     if mode == "External":
         return (
@@ -102,12 +87,12 @@ def redis_condition(
                 "External",
                 "external Redis; the workers report its health on /readyz and /metrics",
             ),
-            {"mode": mode, "status": "External", "ready": True},
+            RedisStatus(mode=mode, status="External", ready=True),
         )
-    block = {
+    where = {
         "mode": mode,
         "endpoint": redis_endpoint(name, namespace),
-        "secretName": redis_secret_name(name),
+        "secret_name": redis_secret_name(name),
     }
     if statefulset is None:
         return (
@@ -117,19 +102,39 @@ def redis_condition(
                 "StatefulSetNotFound",
                 "the Redis StatefulSet does not exist yet",
             ),
-            {**block, "status": "Pending", "ready": False},
+            RedisStatus(**where, status="Pending", ready=False),
         )
-    st = statefulset.get("status") or {}
-    ready = int(st.get("readyReplicas") or 0)
+    ready = int((statefulset.get("status") or {}).get("readyReplicas") or 0)
     if ready >= 1:
         return (
             _cond("RedisReady", True, "RedisReady", "Redis is ready"),
-            {**block, "status": "Ready", "ready": True},
+            RedisStatus(**where, status="Ready", ready=True),
         )
     return (
         _cond("RedisReady", False, "RedisNotReady", "Redis pod is not ready"),
-        {**block, "status": "NotReady", "ready": False},
+        RedisStatus(**where, status="NotReady", ready=False),
     )
+
+
+def _spec_condition(
+    error: SpecError | None, previous: Mapping[str, Condition], keep: bool
+) -> Condition:
+    if keep and "SpecValid" in previous:
+        # Only a child changed: the spec was validated by the last reconcile, not now.
+        return previous["SpecValid"].model_copy(
+            update={"last_transition_time": None, "observed_generation": None}
+        )
+    if error is not None:
+        return _cond("SpecValid", False, error.reason, str(error))
+    return _cond("SpecValid", True, "Valid", "spec is valid")
+
+
+def _previous_conditions(previous: Mapping[str, Any]) -> dict[str, Condition]:
+    return {
+        c.get("type"): Condition.model_validate(c)
+        for c in previous.get("conditions") or []
+        if c.get("type")
+    }
 
 
 def compute_status(
@@ -148,75 +153,59 @@ def compute_status(
     config_hash: str | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` of a DeepAgent.
+    """The full ``status`` of a DeepAgent (the dump of a :class:`DeepAgentStatus`).
 
     ``keep_spec_condition`` keeps the previous SpecValid condition (used when only a child
     changed: the spec was validated by the last reconcile, not now).
     """
     previous = previous or {}
-    prev_conds = {c.get("type"): c for c in previous.get("conditions") or []}
-    if keep_spec_condition and "SpecValid" in prev_conds:
-        pc = prev_conds["SpecValid"]
-        spec_cond = {k: pc[k] for k in ("type", "status", "reason", "message") if k in pc}
-    elif error is not None:
-        spec_cond = _cond("SpecValid", False, error.reason, str(error))
-    else:
-        spec_cond = _cond("SpecValid", True, "Valid", "spec is valid")
+    prev_conds = _previous_conditions(previous)
+    spec_cond = _spec_condition(error, prev_conds, keep_spec_condition)
     workers_cond, workers = worker_condition(deployment, desired_replicas)
     redis_cond, redis = redis_condition(redis_mode, name, namespace, statefulset)
     if config_hash is None:
         config_hash = (previous.get("workers") or {}).get("configHash")
     if config_hash:
-        workers["configHash"] = config_hash
-    workers.setdefault("deployment", worker_name(name))
+        workers.config_hash = config_hash
+    if workers.deployment is None:
+        workers.deployment = worker_name(name)
 
-    spec_ok = spec_cond["status"] == "True"
-    if not spec_ok:
-        ready_cond = _cond("Ready", False, spec_cond["reason"], spec_cond["message"])
+    was_ready = previous.get("phase") in ("Ready", "Degraded")
+    phase: Phase
+    if spec_cond.status != "True":
+        ready_cond = _cond("Ready", False, spec_cond.reason or "", spec_cond.message or "")
         phase = "Failed"
-    elif workers_cond["status"] != "True":
-        ready_cond = _cond("Ready", False, workers_cond["reason"], workers_cond["message"])
+    elif workers_cond.status != "True" or redis_cond.status != "True":
+        blocking = workers_cond if workers_cond.status != "True" else redis_cond
+        ready_cond = _cond("Ready", False, blocking.reason or "", blocking.message or "")
         # Degraded: it was Ready before and lost capacity; a first rollout is Pending.
-        phase = "Degraded" if previous.get("phase") in ("Ready", "Degraded") else "Pending"
-    elif redis_cond["status"] != "True":
-        ready_cond = _cond("Ready", False, redis_cond["reason"], redis_cond["message"])
-        phase = "Degraded" if previous.get("phase") in ("Ready", "Degraded") else "Pending"
+        phase = "Degraded" if was_ready else "Pending"
     else:
-        ready_cond = _cond("Ready", True, "Ready", workers_cond["message"])
+        ready_cond = _cond("Ready", True, "Ready", workers_cond.message or "")
         phase = "Ready"
 
     ts = now or now_iso()
     conditions = []
     for cond in (ready_cond, spec_cond, workers_cond, redis_cond):
-        prev = prev_conds.get(cond["type"])
-        cond = dict(cond)
-        if (
-            prev is not None
-            and prev.get("status") == cond["status"]
-            and prev.get("lastTransitionTime")
-        ):
-            cond["lastTransitionTime"] = prev["lastTransitionTime"]
-        else:
-            cond["lastTransitionTime"] = ts
-        if generation is not None:
-            cond["observedGeneration"] = generation
-        conditions.append(cond)
+        prev = prev_conds.get(cond.type)
+        # The transition time moves only when the condition's status flips.
+        kept = prev.last_transition_time if prev and prev.status == cond.status else None
+        conditions.append(
+            cond.model_copy(
+                update={
+                    "last_transition_time": kept or ts,
+                    "observed_generation": generation,
+                }
+            )
+        )
 
-    out: dict[str, Any] = {
-        "phase": phase,
-        "ready": f"{workers.get('readyReplicas', 0)}/{workers.get('replicas', desired_replicas if desired_replicas is not None else 0)}",
-        "conditions": conditions,
-        "workers": workers,
-        "redis": redis,
-    }
-    if generation is not None:
-        out["observedGeneration"] = generation
-    if task_queue:
-        out["taskQueue"] = task_queue
-    return out
-
-
-def status_differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
-    """True when writing ``desired`` would change ``current`` (ignores unknown extra keys)."""
-    current = current or {}
-    return any(current.get(k) != v for k, v in desired.items())
+    replicas = workers.replicas if workers.replicas is not None else (desired_replicas or 0)
+    return DeepAgentStatus(
+        observed_generation=generation,
+        phase=phase,
+        ready=f"{workers.ready_replicas or 0}/{replicas}",
+        conditions=conditions,
+        workers=workers,
+        redis=redis,
+        task_queue=task_queue or None,
+    ).dump()

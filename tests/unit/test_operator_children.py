@@ -10,7 +10,6 @@ import yaml
 
 from deepagent_operator.children import (
     HASH_ANNOTATION,
-    SpecError,
     build_children,
     build_redis_secret,
     check_references,
@@ -18,7 +17,8 @@ from deepagent_operator.children import (
     referenced_objects,
 )
 from deepagent_operator.config import OperatorConfig
-from deepagent_operator.model import parse_spec
+from deepagent_operator.model import SpecError, parse_spec
+from deepagent_operator.plan import unwanted_children
 
 SAMPLE = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "operator" / "examples" / "deepagent.yaml").read_text()
@@ -38,6 +38,10 @@ def children(b, config=CONFIG, hash_="h1"):
     return build_children(b, parse_spec(b["spec"]), config, hash_)
 
 
+def unwanted(b):
+    return unwanted_children(b["metadata"]["name"], parse_spec(b["spec"]))
+
+
 def by_kind(desired):
     return {o["kind"]: o for o in desired.apply}
 
@@ -54,7 +58,7 @@ def test_managed_redis_children_and_owner_refs():
     assert kinds["StatefulSet"]["metadata"]["name"] == "coder-redis"
     assert kinds["Service"]["metadata"]["name"] == "coder-redis"
     assert d.redis_secret["metadata"]["name"] == "coder-redis-auth"
-    assert ("HorizontalPodAutoscaler", "coder-worker") in d.absent
+    assert unwanted(body()) == [("HorizontalPodAutoscaler", "coder-worker")]
     for obj in [*d.apply, d.redis_secret]:
         meta = obj["metadata"]
         assert meta["namespace"] == "agents"
@@ -135,11 +139,12 @@ def test_worker_probes_security_and_scheduling():
 
 
 def test_disabled_redis_and_defaults():
-    d = children(body({"graph": "a.b:c", "temporal": {"address": "t:7233"}}))
+    b = body({"graph": "a.b:c", "temporal": {"address": "t:7233"}})
+    d = children(b)
     kinds = by_kind(d)
     assert set(kinds) == {"Deployment"}
     assert d.redis_secret is None
-    assert ("StatefulSet", "coder-redis") in d.absent
+    assert ("StatefulSet", "coder-redis") in unwanted(b)
     env = env_of(kinds["Deployment"])
     assert "REDIS_URL" not in env
     assert env["TEMPORAL_TASK_QUEUE"]["value"] == "coder"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.handlers import backoff
-from deepagent_operator.reconcile import is_subset, merge_patch
+from deepagent_operator.plan import is_subset, merge_patch
 
 
 def test_subset_ignores_server_defaults():

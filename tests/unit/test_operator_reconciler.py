@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from deepagent_operator.children import SpecError
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.kube import ApiError
+from deepagent_operator.model import SpecError
 from deepagent_operator.reconcile import Reconciler
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepagent_operator.children import SpecError
+from deepagent_operator.model import SpecError
 from deepagent_operator.status import compute_status
 
 
