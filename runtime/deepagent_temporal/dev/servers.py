@@ -81,6 +81,12 @@ class ManagedProcess:
             log.close()
 
     @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -228,3 +234,10 @@ class RedisServer(_LocalServer):
     def kill(self) -> None:
         """Crash the server (SIGKILL), as a failure would; ``start`` brings it back."""
         self.process.stop(grace=1.0, sig=signal.SIGKILL)
+
+    def freeze(self) -> None:
+        """Stop the server (SIGSTOP): connections stay open and nothing answers."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)

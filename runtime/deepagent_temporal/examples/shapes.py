@@ -15,6 +15,7 @@ from langchain.agents.middleware import SummarizationMiddleware
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.types import Command, Send, interrupt
 
 from deepagent_temporal.dev.scripted import ScriptedChatModel
@@ -217,6 +218,64 @@ def _chat_approval_graph() -> Any:
 
 
 chat_approval = _chat_approval_graph()
+
+
+# ------------------------------------------------------------------ fault matrix
+
+
+def _matrix_reply(messages: list[Any]) -> str:
+    prompt = str(messages[-1].content) if messages else ""
+    return f"On {prompt}: " + " ".join(f"w{i}" for i in range(40)) + "."
+
+
+_matrix_model = ScriptedChatModel(responder=_matrix_reply, token_delay=0.004)
+
+
+class MatrixState(TypedDict, total=False):
+    topics: list[str]
+    messages: Annotated[list, add_messages]
+
+
+def _fault_matrix_graph() -> Any:
+    """A Send fan-out of model calls, a node with two model calls, an interrupt, a final
+    call: every shape the delivery guarantees must hold across."""
+
+    def plan(state: MatrixState) -> dict:
+        return {}
+
+    def fan_out(state: MatrixState) -> list[Send]:
+        return [Send("write", {"topics": [t]}) for t in state.get("topics") or ["a", "b"]]
+
+    async def write(state: MatrixState) -> dict:
+        topic = state["topics"][0]
+        return {"messages": [await _matrix_model.ainvoke([HumanMessage(content=topic)])]}
+
+    async def review(state: MatrixState) -> dict:
+        first = await _matrix_model.ainvoke([HumanMessage(content="review one")])
+        second = await _matrix_model.ainvoke([HumanMessage(content="review two")])
+        return {"messages": [first, second]}
+
+    def approve(state: MatrixState) -> dict:
+        return {"messages": [HumanMessage(content=str(interrupt({"question": "Ship?"})))]}
+
+    async def final(state: MatrixState) -> dict:
+        return {"messages": [await _matrix_model.ainvoke([HumanMessage(content="final")])]}
+
+    g = StateGraph(MatrixState)
+    for name, fn in (("plan", plan), ("write", write), ("review", review)):
+        g.add_node(name, fn)
+    g.add_node("approve", approve)
+    g.add_node("final", final)
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", fan_out, ["write"])
+    g.add_edge("write", "review")
+    g.add_edge("review", "approve")
+    g.add_edge("approve", "final")
+    g.add_edge("final", END)
+    return g.compile(name="fault_matrix")
+
+
+fault_matrix = _fault_matrix_graph()
 
 # ---------------------------------------------------------------------- failures
 
