@@ -215,3 +215,62 @@ async def test_amerge_propagates_source_errors():
     with pytest.raises(RuntimeError, match="boom"):
         async for _ in m.amerge(bad()):
             pass
+
+
+def _record(task: str, attempt: int, llm_call: int, tokens: list[str], text: bool = True):
+    record = {
+        "type": "llm_record",
+        "node": "model",
+        "namespace": [],
+        "task_id": task,
+        "attempt": attempt,
+        "llm_call": llm_call,
+        "message_id": f"msg-{task}-{attempt}-{llm_call}",
+        "token_count": len(tokens),
+        "transport": "redis",
+    }
+    if text:
+        record["text"] = "".join(tokens)
+    return record
+
+
+def test_a_durable_record_completes_a_call_whose_tokens_were_lost():
+    toks = ["a", "b", "c", "d", "e"]
+    evs = run_events("t", 1, 0, toks)
+    m = TokenStreamMerger(gap_timeout=float("inf"))
+    out = []
+    for ev in evs[:3] + evs[4:5]:  # start, a, b, then d (c was lost): d waits in the gap
+        out += m.push(ev)
+    assert m.waiting == 1
+    out += m.settle(_record("t", 1, 0, toks))
+    snap = [e for e in out if e["type"] == "snapshot"]
+    assert len(snap) == 1 and snap[0]["token"] == "cde" and snap[0]["index"] == 2
+    assert snap[0]["snapshot"] is True and out[-1]["type"] == "llm_end"
+    text = "".join(e["token"] for e in out if e["type"] in ("token", "snapshot"))
+    assert text == "abcde" and m.waiting == 0
+    # late tokens of the settled call are duplicates
+    assert m.push(evs[5]) == [] and m.push(evs[-1]) == []
+
+
+def test_a_record_of_a_whole_call_adds_nothing_but_its_end():
+    toks = ["x", "y"]
+    m = TokenStreamMerger()
+    out = []
+    for ev in run_events("t", 1, 0, toks)[:-1]:  # llm_end not read yet
+        out += m.push(ev)
+    settled = m.settle(_record("t", 1, 0, toks))
+    assert [e["type"] for e in settled] == ["llm_end"]
+    assert m.settle(_record("t", 1, 0, toks)) == []
+
+
+def test_a_joiner_gets_a_call_it_never_saw_as_start_snapshot_end():
+    out = TokenStreamMerger().settle(_record("t", 1, 3, ["he", "llo"]))
+    assert [e["type"] for e in out] == ["llm_start", "snapshot", "llm_end"]
+    assert out[1]["token"] == "hello" and out[1]["index"] == 0
+
+
+def test_records_without_text_or_of_reset_attempts_do_not_settle():
+    m = TokenStreamMerger()
+    assert m.settle(_record("t", 1, 0, ["a"], text=False)) == []
+    m.push({"type": "reset", "token": "", "task_id": "t", "attempt": 1, "node": "model"})
+    assert m.settle(_record("t", 1, 0, ["a"])) == []
