@@ -2,12 +2,20 @@
 
 The package is split so that almost everything is a pure function:
 
-* :mod:`.model` - the pydantic model of ``DeepAgent.spec`` (the single source of truth);
-* :mod:`.crd` - the CustomResourceDefinition generated from that model;
-* :mod:`.children` - spec in, child manifests out (Deployment, StatefulSet, ...);
+* :mod:`.model` - the pydantic models of ``DeepAgent.spec`` and ``DeepAgent.status`` (the
+  single source of truth), and ``SpecError``; :mod:`.corev1` - the core/v1 types it embeds;
+* :mod:`.crd` - the CustomResourceDefinition generated from those models;
+  :mod:`.reference` - the README's field table, generated from the same schema;
+* :mod:`.children` - spec in, child manifests out (worker Deployment, HPA, Managed Redis);
+  the worker env is rendered through the runtime's ``WorkerEnv`` contract;
 * :mod:`.status` - children's status in, ``DeepAgent.status`` out;
-* :mod:`.reconcile` - compare desired vs live children and write only differences;
-* :mod:`.handlers` - the small kopf handlers wiring all of the above to events.
+* :mod:`.plan` - spec and observed objects in, what to create / patch / delete and the
+  status patch out;
+* :mod:`.reconcile` - executes plans against the API (:mod:`.kube`), per-agent lock, events;
+* :mod:`.handlers` - the small kopf handlers wiring all of the above to events;
+* :mod:`.metrics` - Prometheus metrics; :mod:`.config` - settings and their env variables.
+
+``docs/architecture.md`` describes how the operator fits with the runtime.
 """
 
 GROUP = "deepagent.dev"
