@@ -19,6 +19,7 @@ from deepagent_operator.children import (
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.model import SpecError, parse_spec
 from deepagent_operator.plan import unwanted_children
+from deepagent_temporal.contract import WorkerEnv
 
 SAMPLE = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "operator" / "examples" / "deepagent.yaml").read_text()
@@ -299,3 +300,37 @@ def test_builders_are_pure():
     second = children(b)
     assert b == before
     assert first.apply == second.apply
+
+
+def test_worker_env_is_rendered_in_the_contract_order():
+    dep = by_kind(children(body()))["Deployment"]
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [
+        {"name": "DEEPAGENT_GRAPH", "value": "my_agents.coder:agent"},
+        {"name": "TEMPORAL_ADDRESS", "value": "temporal-frontend.temporal:7233"},
+        {"name": "TEMPORAL_NAMESPACE", "value": "default"},
+        {"name": "TEMPORAL_TASK_QUEUE", "value": "coder"},
+        {"name": "DEEPAGENT_TOKEN_STREAMING", "value": "true"},
+        {
+            "name": "REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "coder-redis-auth", "key": "password"}},
+        },
+        {"name": "REDIS_URL", "value": "redis://:$(REDIS_PASSWORD)@coder-redis.agents.svc:6379/0"},
+        {"name": "DEEPAGENT_STREAM_MAXLEN", "value": "10000"},
+        {"name": "DEEPAGENT_STREAM_TTL_SECONDS", "value": "3600"},
+        {"name": "DEEPAGENT_HEALTH_PORT", "value": "8080"},
+    ]
+    contract_order = [var.name for var in WorkerEnv.variables()]
+    names = [e["name"] for e in env]
+    assert names == sorted(names, key=contract_order.index)
+    user = dict(SAMPLE["spec"], env=[{"name": "EXTRA", "value": "1"}])
+    env2 = by_kind(children(body(user)))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert env2["env"][-1] == {"name": "EXTRA", "value": "1"}  # user env comes last
+
+
+def test_operator_package_carries_no_test_harness():
+    package = Path(__file__).resolve().parents[2] / "operator" / "deepagent_operator"
+    assert not (package / "testing.py").exists()
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "import pytest" not in text and "OperatorProcess" not in text, path

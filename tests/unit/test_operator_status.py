@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from deepagent_operator.model import SpecError
+from deepagent_operator import crd
+from deepagent_operator.model import STATUS_KEYS, DeepAgentStatus, SpecError
 from deepagent_operator.status import compute_status
 
 
@@ -170,3 +171,34 @@ def test_external_redis():
     st = status(redis_mode="External", statefulset=None)
     assert st["phase"] == "Ready"
     assert st["redis"]["status"] == "External"
+
+
+def test_status_keys_are_the_models_camel_case_aliases():
+    aliases = tuple(f.alias for f in DeepAgentStatus.model_fields.values())
+    assert STATUS_KEYS == aliases
+    assert "taskQueue" in STATUS_KEYS and "observedGeneration" in STATUS_KEYS
+
+
+def test_crd_status_schema_is_generated_from_the_model():
+    schema = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]
+    assert status == crd.status_schema()
+    assert tuple(status["properties"]) == STATUS_KEYS
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert conditions["items"]["required"] == ["type", "status"]
+    assert status["properties"]["phase"]["enum"] == ["Pending", "Ready", "Degraded", "Failed"]
+    workers = status["properties"]["workers"]["properties"]
+    assert workers["readyReplicas"] == {"type": "integer", "format": "int32"}
+
+
+def test_computed_status_is_a_valid_status_model():
+    for st in (status(), status(error=SpecError("spec.x", "m", "f")), status(deployment=None)):
+        assert DeepAgentStatus.model_validate(st).dump() == st
+
+
+def test_previous_status_with_unknown_fields_is_read():
+    prev = status()
+    prev["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:00Z"
+    assert status(previous=prev)["phase"] == "Ready"
