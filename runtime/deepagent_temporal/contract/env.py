@@ -176,6 +176,19 @@ class WorkerEnv:
         "Batching interval of tokens on the Temporal path (latency against history size).",
         deprecated_names=("DEEPAGENT_PHASE1_BATCH_MS",),
     )
+    history_max_bytes: int = _var(
+        "DEEPAGENT_HISTORY_MAX_BYTES",
+        "int",
+        10_000_000,
+        "A run continues as new (same thread, same streams) once its Event History passes "
+        "this size, well under Temporal's 50 MB limit; also when Temporal suggests it.",
+    )
+    history_max_events: int = _var(
+        "DEEPAGENT_HISTORY_MAX_EVENTS",
+        "int",
+        10_000,
+        "... or once its Event History has this many events (Temporal's limit: 51,200).",
+    )
     log_level: str = _var("DEEPAGENT_LOG_LEVEL", "str", "INFO", "Python log level.")
     no_hard_exit: bool = _var(
         "DEEPAGENT_NO_HARD_EXIT",

@@ -171,6 +171,10 @@ class RunRequest:
     stream_modes: list[str] = field(default_factory=lambda: ["values", "updates"])
     #: final values of the thread's previous run: a new run on a thread continues it
     prior_values: Any = None
+    #: set when a run continues as new: the LangGraph checkpoint to resume from
+    #: (``checkpoint``, ``metadata``, ``pending_writes``), the ``state`` (a RunState)
+    #: and the ``pause_count`` of the run so far
+    continuation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -187,3 +191,8 @@ class RunState:
     segment: int = 0
     #: workflow-stream offset where the current segment starts (a joiner reads from it)
     segment_offset: int = 0
+    #: the run id that names the run's Redis stream: the first run of its
+    #: continue-as-new chain, so the stream follows the chain
+    stream_run_id: str | None = None
+    #: continue-as-new boundaries crossed so far
+    continuations: int = 0
