@@ -211,10 +211,9 @@ class Reconciler:
             if thorough or (key[0], ns, key[1]) in self.seen
         ]
         observed: dict[ChildKey, dict[str, Any] | None] = {
-            key: self.kube.get(key[0], ns, key[1])
-            for key in [*map(child_key, desired.apply), *unwanted]
+            key: self.kube.get(key[0], ns, key[1]) for key in [*map(child_key, desired), *unwanted]
         }
-        plan = plan_children(desired.apply, unwanted, observed, uid)
+        plan = plan_children(desired, unwanted, observed, uid)
         live = dict(plan.unchanged)
         for obj in plan.apply:
             live[obj["kind"]] = self._apply(body, spec, obj, observed.get(child_key(obj)))
@@ -223,7 +222,7 @@ class Reconciler:
             self.seen.discard((kind, ns, cname))
             self.metrics.child_writes.inc()
             self.event(body, "Normal", *delete_event(kind, cname))
-        for obj in desired.apply:
+        for obj in desired:
             kind, cname = child_key(obj)
             self.seen.add((kind, ns, cname))
             gen = (live[kind].get("metadata") or {}).get("generation")

@@ -44,7 +44,7 @@ def unwanted(b):
 
 
 def by_kind(desired):
-    return {o["kind"]: o for o in desired.apply}
+    return {o["kind"]: o for o in desired}
 
 
 def env_of(dep):
@@ -58,9 +58,10 @@ def test_managed_redis_children_and_owner_refs():
     assert kinds["Deployment"]["metadata"]["name"] == "coder-worker"
     assert kinds["StatefulSet"]["metadata"]["name"] == "coder-redis"
     assert kinds["Service"]["metadata"]["name"] == "coder-redis"
-    assert d.redis_secret["metadata"]["name"] == "coder-redis-auth"
+    secret = build_redis_secret(body())
+    assert secret["metadata"]["name"] == "coder-redis-auth"
     assert unwanted(body()) == [("HorizontalPodAutoscaler", "coder-worker")]
-    for obj in [*d.apply, d.redis_secret]:
+    for obj in [*d, secret]:
         meta = obj["metadata"]
         assert meta["namespace"] == "agents"
         (ref,) = meta["ownerReferences"]
@@ -144,7 +145,6 @@ def test_disabled_redis_and_defaults():
     d = children(b)
     kinds = by_kind(d)
     assert set(kinds) == {"Deployment"}
-    assert d.redis_secret is None
     assert ("StatefulSet", "coder-redis") in unwanted(b)
     env = env_of(kinds["Deployment"])
     assert "REDIS_URL" not in env
@@ -299,7 +299,7 @@ def test_builders_are_pure():
     first = children(b)
     second = children(b)
     assert b == before
-    assert first.apply == second.apply
+    assert first == second
 
 
 def test_worker_env_is_rendered_in_the_contract_order():

@@ -37,7 +37,7 @@ DISABLED = {"graph": "pkg.mod:agent"}
 
 def desired(spec):
     body = agent(spec)
-    return build_children(body, parse_spec(spec), CONFIG, "h1").apply
+    return build_children(body, parse_spec(spec), CONFIG, "h1")
 
 
 def as_live(obj):

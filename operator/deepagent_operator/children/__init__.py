@@ -14,7 +14,6 @@ Which children must *not* exist is a decision of :mod:`..plan`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,7 +62,6 @@ __all__ = [
     "REDIS_PORT",
     "TLS_MOUNT",
     "WORKER_COMMAND",
-    "Desired",
     "Ref",
     "build_children",
     "build_hpa",
@@ -89,29 +87,23 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass
-class Desired:
-    """The children one DeepAgent's spec asks for."""
-
-    apply: list[dict[str, Any]]  # server-side applied whenever they drift
-    redis_secret: dict[str, Any] | None  # create-only (Managed Redis)
-    config_hash: str
-
-
 def build_children(
     body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig, hash_: str
-) -> Desired:
-    """All children of one DeepAgent. Raises :class:`~..model.SpecError` on semantic errors."""
-    apply: list[dict[str, Any]] = []
-    secret = None
+) -> list[dict[str, Any]]:
+    """Manifests of every child the spec asks for, in apply order (server-side applied
+    whenever they drift). Raises :class:`~..model.SpecError` on semantic errors.
+
+    The Redis password Secret is not among them: it is created once, never applied
+    (:func:`build_redis_secret`).
+    """
+    children: list[dict[str, Any]] = []
     if spec.streaming.redis.mode == "Managed":
-        secret = build_redis_secret(body, password="placeholder")
-        apply += [
+        children += [
             build_redis_service(body),
             build_redis_statefulset(body, spec, config),
             build_redis_network_policy(body),
         ]
-    apply.append(build_worker_deployment(body, spec, config, hash_))
+    children.append(build_worker_deployment(body, spec, config, hash_))
     if spec.autoscaling is not None:
-        apply.append(build_hpa(body, spec))
-    return Desired(apply=apply, redis_secret=secret, config_hash=hash_)
+        children.append(build_hpa(body, spec))
+    return children
