@@ -289,7 +289,7 @@ class TemporalDeepAgent:
             segment = state.segment + 1
             from_offset = await WorkflowStreamClient.create(self.client, handle.id).get_offset()
             await handle.signal(RESUME_SIGNAL, input.resume)
-            run_id = (await handle.describe()).run_id
+            run_id = state.stream_run_id or (await handle.describe()).run_id
         elif input is None:
             handle, run_id, state, closed = await self._join_target(config)
             if closed and "values" in modes:
@@ -300,9 +300,11 @@ class TemporalDeepAgent:
                     yield ("values", final_values) if multi else final_values
                 return
             segment, from_offset = state.segment, state.segment_offset
+            run_id = state.stream_run_id or run_id
         else:
             handle = await self.astart(input, config, stream_modes=modes, **kwargs)
-            run_id = handle.result_run_id or handle.first_execution_run_id
+            # the Redis stream is named by the first run of the continue-as-new chain
+            run_id = handle.first_execution_run_id or handle.result_run_id
         # aclosing at every level: leaving the caller's loop closes the Redis reader and
         # the Temporal poll now, not when the garbage collector finalizes the generators
         run_stream = self._stream_run(handle, run_id, modes, from_offset, segment, deadline)
@@ -336,7 +338,7 @@ class TemporalDeepAgent:
                     f"thread {handle.id!r} has no run to join; pass an input to start one"
                 ) from exc
             raise
-        handle = self.client.get_workflow_handle(handle.id, run_id=desc.run_id)
+        # not pinned to a run id: queries and polls follow the run across continue-as-new
         closed = desc.status is not None and desc.status.name != "RUNNING"
         try:
             state: RunState | None = await handle.query(GET_STATE_QUERY, result_type=RunState)

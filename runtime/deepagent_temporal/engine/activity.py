@@ -69,6 +69,8 @@ class NodeActivityInput:
     namespace: tuple[str, ...] = ()
     #: the run's segment (resumes so far): token events carry it
     segment: int = 0
+    #: the run id naming the run's Redis stream (the first run of a continue-as-new chain)
+    stream_run_id: str | None = None
 
 
 @dataclass
@@ -189,6 +191,7 @@ def make_node_caller(
                 node=node_name,
                 namespace=namespace,
                 segment=getattr(run, "segment", 0),
+                stream_run_id=getattr(run, "stream_run_id", None),
             ),
             **opts,
         )
@@ -237,6 +240,15 @@ def llm_records(out: NodeActivityOutput) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------ token capture injection
+
+
+def stream_task_id(info: Any, node_input: Any) -> str:
+    """The task's id in token events: unique in the run's stream. Activity ids restart
+    at every continue-as-new, so later runs of a chain prefix theirs with the run id."""
+    stream_run_id = getattr(node_input, "stream_run_id", None)
+    if stream_run_id is None or stream_run_id == info.workflow_run_id:
+        return info.activity_id
+    return f"{info.workflow_run_id}/{info.activity_id}"
 
 
 def _temporal_batch_interval() -> timedelta:
@@ -328,10 +340,10 @@ class TokenStreamingInterceptor(Interceptor):
         namespace = list(getattr(node_input, "namespace", ()) or ())
         return TokenCapturingHandler(
             workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
+            run_id=getattr(node_input, "stream_run_id", None) or info.workflow_run_id,
             node=node,
             namespace=namespace,
-            task_id=info.activity_id,
+            task_id=stream_task_id(info, node_input),
             attempt=info.attempt,
             segment=getattr(node_input, "segment", 0),
             redis=self.redis_stream_backend,
@@ -383,7 +395,7 @@ class TokenStreamingInterceptor(Interceptor):
             with contextlib.suppress(BaseException):
                 await heartbeat
         if summaries and isinstance(result, NodeActivityOutput):
-            task_id = activity.info().activity_id
+            task_id = stream_task_id(activity.info(), input.args[0] if input.args else None)
             summaries = [{**s, "task_id": task_id} for s in summaries]
             for summary in summaries:
                 # the text is in the result already (a model node's AIMessage): do not
@@ -408,7 +420,9 @@ async def _heartbeat_loop() -> None:
         await asyncio.sleep(interval)
 
 
-async def finish_stream_activity_impl(backend: Any, segment: int = 0) -> bool:
+async def finish_stream_activity_impl(
+    backend: Any, segment: int = 0, stream_run_id: str | None = None
+) -> bool:
     """End of a run segment (the run ends or pauses): write the Redis ``complete`` entry
     (and re-send what Redis lost through the Temporal path)."""
     if backend is None:
@@ -426,15 +440,15 @@ async def finish_stream_activity_impl(backend: Any, segment: int = 0) -> bool:
     async with stream:
         return await backend.publish_complete(
             info.workflow_id,
-            info.workflow_run_id,
+            stream_run_id or info.workflow_run_id,
             temporal_publish=temporal_publish,
             extra={"segment": segment} if segment else None,
         )
 
 
 def make_finish_stream_activity(backend: Any) -> Callable[..., Awaitable[bool]]:
-    async def finish_stream(segment: int = 0) -> bool:
-        return await finish_stream_activity_impl(backend, segment)
+    async def finish_stream(segment: int = 0, stream_run_id: str | None = None) -> bool:
+        return await finish_stream_activity_impl(backend, segment, stream_run_id)
 
     return activity.defn(name=FINISH_STREAM_ACTIVITY)(finish_stream)
 

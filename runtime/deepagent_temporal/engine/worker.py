@@ -41,7 +41,7 @@ from deepagent_temporal.engine.activity import (
     make_node_activity,
     make_node_caller,
 )
-from deepagent_temporal.engine.workflow import GRAPH_OPTIONS, DeepAgentWorkflow
+from deepagent_temporal.engine.workflow import GRAPH_OPTIONS, RUN_LIMITS, DeepAgentWorkflow
 
 
 def node_activity_options() -> dict[str, Any]:
@@ -303,6 +303,10 @@ def create_worker(
     from deepagent_temporal.converter import with_data_converter
 
     client = with_data_converter(client)
+    env = WorkerEnv.from_env()
+    RUN_LIMITS.update(
+        max_history_bytes=env.history_max_bytes, max_history_events=env.history_max_events
+    )
     plugin = DeepAgentPlugin(graphs, default_activity_options=activity_options, aliases=aliases)
     interceptors = list(worker_kwargs.pop("interceptors", []) or [])
     interceptors.append(

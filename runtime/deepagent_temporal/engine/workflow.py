@@ -17,12 +17,13 @@ the Temporal path published by the activities. Topic and marker names live in
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.contrib.workflow_streams import WorkflowStream
+from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
 from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -48,6 +49,49 @@ with workflow.unsafe.imports_passed_through():
         RunState,
     )
 
+#: items of the workflow stream a continued run keeps (for clients that lag behind)
+STREAM_TAIL_CARRIED = 512
+
+#: the run's history budget, set by the worker from WorkerEnv before it starts
+RUN_LIMITS: dict[str, int] = {"max_history_bytes": 10_000_000, "max_history_events": 10_000}
+
+
+def history_budget_spent() -> bool:
+    """Time to continue as new: Temporal suggests it, or the run's budget is spent."""
+    info = workflow.info()
+    return (
+        info.is_continue_as_new_suggested()
+        or info.get_current_history_size() >= RUN_LIMITS["max_history_bytes"]
+        or info.get_current_history_length() >= RUN_LIMITS["max_history_events"]
+    )
+
+
+async def checkpoint_to_carry(saver: Any, config: Any) -> dict[str, Any]:
+    """The run's latest LangGraph checkpoint, as plain data for the next run's input."""
+    tup = await saver.aget_tuple(config)
+    return {
+        "checkpoint": tup.checkpoint,
+        "metadata": tup.metadata,
+        "pending_writes": list(tup.pending_writes or []),
+    }
+
+
+async def restore_checkpoint(saver: Any, config: Any, carried: dict[str, Any]) -> None:
+    """Put a carried checkpoint (and its pending writes) into a fresh saver."""
+    checkpoint = carried["checkpoint"]
+    saved = await saver.aput(
+        {"configurable": {**config["configurable"], "checkpoint_ns": ""}},
+        checkpoint,
+        carried["metadata"],
+        dict(checkpoint.get("channel_versions") or {}),
+    )
+    by_task: dict[str, list[tuple[str, Any]]] = {}
+    for task_id, channel, value in carried.get("pending_writes") or []:
+        by_task.setdefault(task_id, []).append((channel, value))
+    for task_id, writes in by_task.items():
+        await saver.aput_writes(saved, writes, task_id)
+
+
 #: compile options per registered graph name (interrupts, name, config), filled by the
 #: worker before it starts; read by the workflow (same process).
 GRAPH_OPTIONS: dict[str, dict[str, Any]] = {}
@@ -68,20 +112,28 @@ def _pick_graph_name(requested: str | None) -> str:
 @workflow.defn(name=WORKFLOW_NAME, sandboxed=True)
 class DeepAgentWorkflow:
     @workflow.init
-    def __init__(self, request: RunRequest) -> None:
-        self.stream = WorkflowStream()
+    def __init__(
+        self, request: RunRequest, stream_state: WorkflowStreamState | None = None
+    ) -> None:
+        # a run that continued as new carries its stream (offsets go on) and its state
+        self.stream = WorkflowStream(prior_state=stream_state)
         self._graph_topic = self.stream.topic(GRAPH_TOPIC)
         self._run_topic = self.stream.topic(RUN_TOPIC)
         self._tokens_topic = self.stream.topic(TOKENS_TOPIC)
-        self._state = RunState()
+        carried = request.continuation or {}
+        self._state = carried.get("state") or RunState(
+            stream_run_id=workflow.info().first_execution_run_id
+        )
         self._resume_values: list[Any] = []
-        self._pause_count = 0
+        self._pause_count = int(carried.get("pause_count") or 0)
         self._waiters = 0
 
     # ------------------------------------------------------------------ run
 
     @workflow.run
-    async def run(self, request: RunRequest) -> Any:
+    async def run(
+        self, request: RunRequest, stream_state: WorkflowStreamState | None = None
+    ) -> Any:
         name = _pick_graph_name(request.graph)
         builder = registered_graph(name)
         opts = GRAPH_OPTIONS.get(name, {})
@@ -106,18 +158,30 @@ class DeepAgentWorkflow:
         publish_modes = {m for m in request.stream_modes if m in ("values", "updates")}
         modes = ["values", *sorted(publish_modes - {"values"})]
         inp = request.input
+        continue_as_new = False
         try:
-            if request.prior_values:
+            if request.continuation:
+                # the same run, continued as new: resume from the carried checkpoint
+                await restore_checkpoint(compiled.checkpointer, config, request.continuation)
+                inp = None
+            elif request.prior_values:
                 # a thread's next run starts from where its previous run ended, as with
                 # a persistent LangGraph checkpointer
                 await compiled.aupdate_state(config, request.prior_values, as_node="__start__")
             while True:
-                async for mode, chunk in compiled.astream(inp, config, stream_mode=modes):
+                stream = compiled.astream(inp, config, stream_mode=modes)
+                async for mode, chunk in stream:
                     if mode == "values":
                         self._state.values = chunk
                         self._state.step += 1
                     if mode in publish_modes:
                         self._graph_topic.publish({"kind": mode, "data": chunk})
+                    if mode == "values" and history_budget_spent():
+                        continue_as_new = True  # at a superstep boundary: checkpointed
+                        break
+                await stream.aclose()
+                if continue_as_new:
+                    break
                 snapshot = await compiled.aget_state(config)
                 self._state.values = snapshot.values
                 self._state.next = tuple(snapshot.next)
@@ -170,6 +234,8 @@ class DeepAgentWorkflow:
             raise ApplicationError(
                 self._state.error, type=type(exc).__name__, non_retryable=True
             ) from exc
+        if continue_as_new:
+            await self._continue_as_new(request, compiled, config)
         self._state.status = "completed"
         self._state.next = ()
         redis_complete = await self._finish_stream(request)
@@ -184,6 +250,20 @@ class DeepAgentWorkflow:
         await self._drain_handlers()
         return self._state.values
 
+    async def _continue_as_new(self, request: RunRequest, compiled: Any, config: Any) -> None:
+        """Carry the run into a fresh Event History: same workflow id, same streams."""
+        carried = await checkpoint_to_carry(compiled.checkpointer, config)
+        self._state.continuations += 1
+        carried["state"] = self._state
+        carried["pause_count"] = self._pause_count
+        next_request = dataclasses.replace(request, input=None, continuation=carried)
+        # keep the tail of the stream a lagging client may still need; older items go
+        offset = self.stream._on_offset()
+        keep_from = max(offset - STREAM_TAIL_CARRIED, self._state.segment_offset, 0)
+        if keep_from > self.stream._base_offset:
+            self.stream.truncate(keep_from)
+        await self.stream.continue_as_new(lambda state: [next_request, state])
+
     async def _finish_stream(self, request: RunRequest) -> bool:
         """Token streaming runs end with a ``complete`` entry in Redis (if the worker has it).
 
@@ -195,7 +275,7 @@ class DeepAgentWorkflow:
         try:
             return await workflow.execute_activity(
                 FINISH_STREAM_ACTIVITY,
-                self.segment,
+                args=[self.segment, self._state.stream_run_id],
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
                 summary="finish token stream",
@@ -203,6 +283,11 @@ class DeepAgentWorkflow:
         except Exception:  # best effort: the client ends the stream from Temporal anyway
             workflow.logger.warning("could not write the end of the token stream")
             return False
+
+    @property
+    def stream_run_id(self) -> str | None:
+        """The run id that names the run's Redis stream (the first of its chain)."""
+        return self._state.stream_run_id
 
     @property
     def segment(self) -> int:

@@ -277,6 +277,53 @@ def _fault_matrix_graph() -> Any:
 
 fault_matrix = _fault_matrix_graph()
 
+
+# ----------------------------------------------------------------------- long runs
+
+
+_loop_model = ScriptedChatModel(
+    responder=lambda messages: f"Thinking about {messages[-1].content}, then the tool.",
+)
+
+
+class LoopState(TypedDict, total=False):
+    steps: int
+    limit: int
+    note_bytes: int
+    pause_at: int
+    notes: Annotated[list[str], operator.add]
+    messages: Annotated[list, add_messages]
+
+
+def _long_loop_graph() -> Any:
+    """``think`` (a short streamed model reply) and ``tool`` (a note of ``note_bytes``,
+    like a file-reading agent's tool output) in a loop of ``limit`` steps; optionally an
+    interrupt at step ``pause_at``."""
+
+    async def think(state: LoopState) -> dict:
+        prompt = HumanMessage(content=f"step {state.get('steps', 0) + 1}")
+        return {"messages": [await _loop_model.ainvoke([prompt])]}
+
+    def tool(state: LoopState) -> dict:
+        step = state.get("steps", 0) + 1
+        if state.get("pause_at") == step:
+            interrupt({"question": f"continue after step {step}?"})
+        return {"steps": step, "notes": ["n" * state.get("note_bytes", 4096)]}
+
+    def more(state: LoopState) -> str:
+        return "think" if state.get("steps", 0) < state.get("limit", 10) else END
+
+    g = StateGraph(LoopState)
+    g.add_node("think", think)
+    g.add_node("tool", tool)
+    g.add_edge(START, "think")
+    g.add_edge("think", "tool")
+    g.add_conditional_edges("tool", more, ["think", END])
+    return g.compile(name="long_loop")
+
+
+long_loop = _long_loop_graph()
+
 # ---------------------------------------------------------------------- failures
 
 
