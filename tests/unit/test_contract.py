@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from deepagent_temporal.cli import build_parser
 from deepagent_temporal.contract import (
     EnvError,
