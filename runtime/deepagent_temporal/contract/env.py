@@ -189,6 +189,27 @@ class WorkerEnv:
         10_000,
         "... or once its Event History has this many events (Temporal's limit: 51,200).",
     )
+    gateway_port: int = _var(
+        "DEEPAGENT_GATEWAY_PORT",
+        "int",
+        2024,
+        "`deepagent-temporal serve`: port of the HTTP/SSE gateway (the LangGraph Agent "
+        "Server protocol; 2024 like `langgraph dev`). Not read by workers.",
+    )
+    gateway_host: str = _var(
+        "DEEPAGENT_GATEWAY_HOST",
+        "str",
+        "0.0.0.0",
+        "`deepagent-temporal serve`: address the gateway binds (pods: all interfaces; "
+        "local runs: 127.0.0.1).",
+    )
+    gateway_api_keys_file: str | None = _var(
+        "DEEPAGENT_GATEWAY_API_KEYS_FILE",
+        "str",
+        None,
+        "`deepagent-temporal serve`: file of API keys, one a line (`#` comments); a request "
+        "must send one in `x-api-key`. Unset: no auth (a warning is logged).",
+    )
     log_level: str = _var("DEEPAGENT_LOG_LEVEL", "str", "INFO", "Python log level.")
     no_hard_exit: bool = _var(
         "DEEPAGENT_NO_HARD_EXIT",
