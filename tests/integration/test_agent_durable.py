@@ -8,17 +8,16 @@ token streaming, measured from the real history.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import pytest
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from deepagent_temporal import RedisStreamBackend, TemporalDeepAgent
 from deepagent_temporal.converter import data_converter
 from deepagent_temporal.engine.activity import NodeActivityOutput
 from deepagent_temporal.examples import shapes
+from tests.integration.agents import client_agent, thread_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +35,20 @@ def worker_no_tokens(start_worker):
     return start_worker(f"{SHAPES}:deep_agent", "durable-nt", token_streaming=False)
 
 
-def _agent(client, worker, graph, redis_url=None):
-    return TemporalDeepAgent(
-        None,
-        client,
-        task_queue=worker.task_queue,
-        graph_name=f"{SHAPES}:{graph}",
-        redis_stream_backend=RedisStreamBackend(redis_url) if redis_url else None,
-    )
-
-
 def _config():
-    return {"configurable": {"thread_id": f"d-{uuid.uuid4().hex}"}}
+    return thread_config("d")
 
 
 async def test_shapes_match_plain_langgraph(temporal_client, worker):
     expected = await shapes.shapes.ainvoke({"n": 0})
-    agent = _agent(temporal_client, worker, "shapes")
+    agent = client_agent(temporal_client, worker, "shapes")
     result = await agent.ainvoke({"n": 0}, _config())
     assert result == expected
     assert result["trail"][-1] == "sub.inner" and result["n"] == 11
 
 
 async def test_shapes_stream_values_updates_custom(temporal_client, worker):
-    agent = _agent(temporal_client, worker, "shapes")
+    agent = client_agent(temporal_client, worker, "shapes")
     local = [
         c
         async for c in shapes.shapes.astream({"n": 0}, stream_mode=["values", "updates", "custom"])
@@ -81,7 +70,7 @@ async def test_shapes_stream_values_updates_custom(temporal_client, worker):
 
 
 async def test_interrupt_and_resume(temporal_client, worker):
-    agent = _agent(temporal_client, worker, "approval")
+    agent = client_agent(temporal_client, worker, "approval")
     config = _config()
     paused = await agent.ainvoke({"messages": [{"role": "user", "content": "ship it"}]}, config)
     assert paused["__interrupt__"][0].value == {"question": "Deploy?"}
@@ -96,7 +85,7 @@ async def test_interrupt_and_resume(temporal_client, worker):
 
 
 async def test_interrupt_resume_via_astream_command(temporal_client, worker):
-    agent = _agent(temporal_client, worker, "approval")
+    agent = client_agent(temporal_client, worker, "approval")
     config = _config()
     first = [
         c
@@ -133,7 +122,7 @@ async def test_redis_path_history_is_a_summary_per_llm_call(
     if not redis_server.process.running:
         redis_server.start()
     streamed, hist_on, result = await _tokens_run(
-        _agent(temporal_client, worker, "deep_agent", redis_server.url)
+        client_agent(temporal_client, worker, "deep_agent", redis_server.url)
     )
     tokens = [e for e in streamed if e["type"] == "token"]
     assert tokens and {e["source"] for e in tokens} == {"redis"}
@@ -160,7 +149,9 @@ async def test_redis_path_history_is_a_summary_per_llm_call(
     assert len(summaries) == llm_calls
     assert sum(s["token_count"] for s in summaries) == len(tokens)
     per_call = summary_bytes / llm_calls
-    _, hist_off, _ = await _tokens_run(_agent(temporal_client, worker_no_tokens, "deep_agent"))
+    _, hist_off, _ = await _tokens_run(
+        client_agent(temporal_client, worker_no_tokens, "deep_agent")
+    )
     on, off = _history_bytes(hist_on), _history_bytes(hist_off)
     record_property("redis_path_history_bytes_per_llm_call", per_call)
     record_property("history_bytes_tokens_on_off", f"{on}/{off}")
@@ -178,7 +169,7 @@ async def test_thread_continues_across_runs(temporal_client, worker):
     await local.ainvoke({"messages": [{"role": "user", "content": "2+3?"}]}, lc)
     expected = await local.ainvoke({"messages": [{"role": "user", "content": "again"}]}, lc)
 
-    agent = _agent(temporal_client, worker, "deep_agent")
+    agent = client_agent(temporal_client, worker, "deep_agent")
     config = _config()
     first = await agent.ainvoke({"messages": [{"role": "user", "content": "2+3?"}]}, config)
     assert len(first["messages"]) == 4

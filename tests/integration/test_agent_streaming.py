@@ -7,13 +7,13 @@ graphs' import paths with the worker.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 
 import pytest
 from langchain_core.messages import AIMessage
 
-from deepagent_temporal import RedisStreamBackend, RunFailedError, TemporalDeepAgent
+from deepagent_temporal import RunFailedError
+from tests.integration.agents import client_agent, thread_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,27 +41,18 @@ def worker_p1(start_worker):
     return start_worker(GRAPHS, "stream-p1")
 
 
-def _agent(client, worker, graph, redis_url=None):
-    backend = RedisStreamBackend(redis_url) if redis_url else None
-    return TemporalDeepAgent(
-        None,
-        client,
-        task_queue=worker.task_queue,
-        graph_name=f"{SHAPES}:{graph}",
-        redis_stream_backend=backend,
-    )
-
-
 @pytest.fixture
 def make_agent(transport, temporal_client, redis_server, worker_redis, worker_p1):
     """Client agents for a graph, on the worker of the test's transport (the Redis path)."""
     redis = transport == "redis"
     worker = worker_redis if redis else worker_p1
-    return lambda graph: _agent(temporal_client, worker, graph, redis_server.url if redis else None)
+    return lambda graph: client_agent(
+        temporal_client, worker, graph, redis_server.url if redis else None
+    )
 
 
 def _config():
-    return {"configurable": {"thread_id": f"t-{uuid.uuid4().hex}"}}
+    return thread_config("t")
 
 
 async def _collect(agent, inp, config):
@@ -132,7 +123,7 @@ async def test_send_fanout_streams_both_branches_interleaved(transport, make_age
 
 
 async def test_messages_mode_and_mixed_modes(temporal_client, redis_server, worker_redis):
-    agent = _agent(temporal_client, worker_redis, "deep_agent", redis_server.url)
+    agent = client_agent(temporal_client, worker_redis, "deep_agent", redis_server.url)
     config = _config()
     items = [
         item
@@ -226,7 +217,7 @@ async def test_late_client_joins_and_gets_every_token_from_the_start(transport, 
 
 
 async def test_astream_ends_with_run_and_failed_run_raises(temporal_client, worker_p1):
-    agent = _agent(temporal_client, worker_p1, "failing")
+    agent = client_agent(temporal_client, worker_p1, "failing")
     seen = []
     with pytest.raises(RunFailedError, match="this node always fails"):
         async for ev in agent.astream(

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,12 +17,11 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 
 from deepagent_temporal import (
-    RedisStreamBackend,
     RunNotFoundError,
     StreamTimeoutError,
-    TemporalDeepAgent,
 )
 from deepagent_temporal.contract import decode_entry, stream_key
+from tests.integration.agents import client_agent, thread_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,27 +39,17 @@ def worker_temporal(start_worker):
     return start_worker(GRAPHS, "guarantees-temporal")
 
 
-def _agent(client, worker, graph, redis_url=None):
-    return TemporalDeepAgent(
-        None,
-        client,
-        task_queue=worker.task_queue,
-        graph_name=f"{SHAPES}:{graph}",
-        redis_stream_backend=RedisStreamBackend(redis_url) if redis_url else None,
-    )
-
-
 @pytest.fixture
 def make_agent(transport, temporal_client, redis_server, worker_redis, worker_temporal):
     if transport == "redis" and not redis_server.process.running:
         redis_server.start()
     worker = worker_redis if transport == "redis" else worker_temporal
     url = redis_server.url if transport == "redis" else None
-    return lambda graph: _agent(temporal_client, worker, graph, url)
+    return lambda graph: client_agent(temporal_client, worker, graph, url)
 
 
 def _config():
-    return {"configurable": {"thread_id": f"g-{uuid.uuid4().hex}"}}
+    return thread_config("g")
 
 
 async def _tokens(agent, inp, config, **kwargs):
@@ -105,7 +93,7 @@ async def test_resume_streams_exactly_what_follows_the_resume(transport, make_ag
 
 
 async def test_resume_without_a_pending_interrupt_is_refused(temporal_client, worker_temporal):
-    agent = _agent(temporal_client, worker_temporal, "deep_agent")
+    agent = client_agent(temporal_client, worker_temporal, "deep_agent")
     config = _config()
     await agent.ainvoke({"messages": [{"role": "user", "content": "2+3?"}]}, config)
     with pytest.raises(ValueError, match="no pending interrupt"):
@@ -138,7 +126,7 @@ async def test_join_on_a_finished_thread_replays_and_never_starts_work(
 
 
 async def test_join_on_a_thread_without_a_run_is_an_error(temporal_client, worker_temporal):
-    agent = _agent(temporal_client, worker_temporal, "deep_agent")
+    agent = client_agent(temporal_client, worker_temporal, "deep_agent")
     with pytest.raises(RunNotFoundError, match="no run"):
         await _tokens(agent, None, _config())
 
@@ -150,7 +138,7 @@ async def test_joiner_gets_lost_redis_tokens_from_the_durable_record(
     """Redis lost (part of) a run's stream: retained tokens once, the rest as snapshots."""
     if not redis_server.process.running:
         redis_server.start()
-    agent = _agent(temporal_client, worker_redis, "deep_agent", redis_server.url)
+    agent = client_agent(temporal_client, worker_redis, "deep_agent", redis_server.url)
     config = _config()
     live = await _tokens(agent, {"messages": [{"role": "user", "content": "2+3?"}]}, config)
     wid = config["configurable"]["thread_id"]
@@ -188,7 +176,7 @@ async def test_client_without_redis_gets_whole_calls_and_a_warning(
 ):
     if not redis_server.process.running:
         redis_server.start()
-    agent = _agent(temporal_client, worker_redis, "deep_agent")  # no Redis on this client
+    agent = client_agent(temporal_client, worker_redis, "deep_agent")  # no Redis on this client
     config = _config()
     with caplog.at_level(logging.WARNING):
         events = await asyncio.wait_for(
@@ -201,7 +189,7 @@ async def test_client_without_redis_gets_whole_calls_and_a_warning(
 
 
 async def test_stream_deadline_leaves_the_run_going(temporal_client, worker_temporal):
-    agent = _agent(temporal_client, worker_temporal, "long_agent")
+    agent = client_agent(temporal_client, worker_temporal, "long_agent")
     config = _config()
     with pytest.raises(StreamTimeoutError, match="join it again"):
         await _tokens(agent, {"messages": [{"role": "user", "content": "go"}]}, config, timeout=1)
@@ -214,7 +202,7 @@ async def test_leaving_the_stream_closes_its_redis_reader(
 ):
     if not redis_server.process.running:
         redis_server.start()
-    agent = _agent(temporal_client, worker_redis, "long_agent", redis_server.url)
+    agent = client_agent(temporal_client, worker_redis, "long_agent", redis_server.url)
     config = _config()
     r = aioredis.from_url(redis_server.url)
 
@@ -243,7 +231,7 @@ async def test_a_vanished_run_ends_the_stream_with_a_precise_error(
     from temporalio.api.common.v1 import WorkflowExecution
     from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 
-    agent = _agent(temporal_client, worker_temporal, "long_agent")
+    agent = client_agent(temporal_client, worker_temporal, "long_agent")
     config = _config()
     wid = config["configurable"]["thread_id"]
 
