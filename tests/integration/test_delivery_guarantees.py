@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -131,7 +132,7 @@ async def test_join_on_a_thread_without_a_run_is_an_error(temporal_client, worke
         await _tokens(agent, None, _config())
 
 
-@pytest.mark.parametrize("loss", ["expired", "trimmed"])
+@pytest.mark.parametrize("loss", ["expired", "trimmed", "complete_entry_lost"])
 async def test_joiner_gets_lost_redis_tokens_from_the_durable_record(
     loss, temporal_client, worker_redis, redis_server
 ):
@@ -148,6 +149,9 @@ async def test_joiner_gets_lost_redis_tokens_from_the_durable_record(
         key = stream_key(wid, run_id)
         if loss == "expired":
             assert await r.delete(key) == 1
+        elif loss == "complete_entry_lost":
+            ((last_id, _),) = await r.xrevrange(key, count=1)
+            assert await r.xdel(key, last_id) == 1
         else:  # the first LLM call's entries are gone, the second call's are retained
             second_call = None
             for entry_id, fields in await r.xrange(key):
@@ -162,10 +166,15 @@ async def test_joiner_gets_lost_redis_tokens_from_the_durable_record(
     finally:
         await r.aclose()
 
+    started = time.monotonic()
     joined = await asyncio.wait_for(_tokens(agent, None, config), 30)
     final = await agent.client.get_workflow_handle(wid).result()
     assert _texts(joined) == _texts(live) == _ai_texts(final["messages"])
     snapshots = [e for e in joined if e["type"] == "snapshot"]
+    if loss == "complete_entry_lost":
+        assert not snapshots, "every token was retained"
+        assert time.monotonic() - started < 5, "no waiting for an entry that never comes"
+        return
     assert snapshots and all(e["snapshot"] for e in snapshots)
     if loss == "trimmed":
         assert any(e["type"] == "token" and e["source"] == "redis" for e in joined)

@@ -128,18 +128,15 @@ async def merge_token_stream(
             )
         )
     ending_deadline: float | None = None
-    need_redis_complete = False
     async with fan_in(sources) as queue:
         while True:
             for ev in settle(force=False):
                 yield "tokens", ev
+            # The segment is over once every call is accounted for: the durable records of
+            # all its calls precede the end marker, so a lost Redis `complete` entry
+            # costs nothing (the records settle what Redis did not deliver).
             if ending_deadline is not None and (
-                (
-                    merger.waiting == 0
-                    and not open_calls
-                    and not records
-                    and (redis_complete_seen or not need_redis_complete)
-                )
+                (merger.waiting == 0 and not open_calls and not records)
                 or time.monotonic() >= ending_deadline
             ):
                 break
@@ -196,9 +193,6 @@ async def merge_token_stream(
                     and current(data)
                 ):
                     ending_deadline = time.monotonic() + END_GRACE_SECONDS
-                    need_redis_complete = bool(data.get("redis_complete")) and (
-                        redis_backend is not None
-                    )
             elif topic == GRAPH_TOPIC and isinstance(data, dict):
                 if data.get("kind") in graph_modes:
                     yield data["kind"], data.get("data")
