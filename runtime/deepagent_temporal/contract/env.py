@@ -210,6 +210,14 @@ class WorkerEnv:
         "`deepagent-temporal serve`: file of API keys, one a line (`#` comments); a request "
         "must send one in `x-api-key`. Unset: no auth (a warning is logged).",
     )
+    allowed_types: str | None = _var(
+        "DEEPAGENT_ALLOWED_TYPES",
+        "str",
+        None,
+        "Extra types payloads may carry, `package.module:Class` separated by commas (your "
+        "state's pydantic models, dataclasses, enums). Everything else is refused: a payload "
+        "never imports or calls what it names.",
+    )
     log_level: str = _var("DEEPAGENT_LOG_LEVEL", "str", "INFO", "Python log level.")
     no_hard_exit: bool = _var(
         "DEEPAGENT_NO_HARD_EXIT",
