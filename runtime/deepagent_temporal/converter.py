@@ -54,8 +54,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import enum
+import functools
 import logging
 import threading
+import typing
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -65,7 +68,7 @@ import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
 
-from deepagent_temporal.contract import RunRequest, RunState
+from deepagent_temporal.contract import RunRequest, RunState, WorkerEnv
 
 ENCODING = "binary/langgraph-msgpack"
 
@@ -190,7 +193,53 @@ def allowed_types() -> frozenset[tuple[str, str]]:
 
 
 def _serde_allowlist() -> frozenset[tuple[str, str]]:
-    return BUILTIN_TYPES | _user_types
+    return BUILTIN_TYPES | _env_types() | _user_types
+
+
+@functools.cache
+def _env_types() -> frozenset[tuple[str, str]]:
+    """The types the process's environment allows (``WorkerEnv.allowed_types``)."""
+    spec = WorkerEnv.from_env().allowed_types or ""
+    return frozenset(_type_key(part) for part in spec.replace(",", " ").split() if part)
+
+
+def allow_graph_types(graph: Any) -> None:
+    """Allow the classes a compiled graph's state schema names (pydantic models,
+    dataclasses, enums), so a worker decodes its own state without configuration."""
+    found: set[type] = set()
+
+    def visit(tp: Any, depth: int = 0) -> None:
+        if depth > 6 or tp is None:
+            return
+        for arg in typing.get_args(tp):
+            visit(arg, depth + 1)
+        if not isinstance(tp, type) or tp in found or tp.__module__ == "builtins":
+            return
+        if dataclasses.is_dataclass(tp) or issubclass(tp, enum.Enum) or hasattr(tp, "model_fields"):
+            found.add(tp)
+            hints = getattr(tp, "model_fields", None) or {}
+            for info in hints.values():
+                visit(getattr(info, "annotation", None), depth + 1)
+            if dataclasses.is_dataclass(tp):
+                for f in dataclasses.fields(tp):
+                    visit(f.type if not isinstance(f.type, str) else None, depth + 1)
+
+    builder = getattr(graph, "builder", None)
+    schemas = set(getattr(builder, "schemas", None) or ())
+    for attr in ("state_schema", "input_schema", "output_schema"):
+        schemas.add(getattr(builder, attr, None))
+    for schema in schemas:
+        if schema is None:
+            continue
+        try:
+            hints = typing.get_type_hints(schema, include_extras=True)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: nothing to add
+            hints = {}
+        visit(schema)
+        for tp in hints.values():
+            visit(tp)
+    if found:
+        allow_types(*found)
 
 
 def _json_allowlist(keys: Iterable[tuple[str, str]]) -> set[tuple[str, ...]]:

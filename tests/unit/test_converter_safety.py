@@ -13,8 +13,10 @@ import dataclasses
 import datetime
 import enum
 import json
+import operator
 import sys
 import uuid
+from typing import Annotated, TypedDict
 
 import ormsgpack
 import pydantic
@@ -30,6 +32,7 @@ from langchain_core.messages import (
     ToolMessageChunk,
 )
 from langgraph.types import Command, Interrupt, Overwrite, Send
+from pydantic import BaseModel
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
 
@@ -281,3 +284,43 @@ def test_registering_does_not_open_anything_else(marker):
     with pytest.raises(UnsafePayloadError, match="os.system"):
         lg_conv.from_payload(payload([ext(SINGLE_ARG, "os", "system", f"touch {marker}")]))
     assert not marker.exists()
+
+
+def test_types_named_in_the_environment_are_allowed(monkeypatch):
+    from deepagent_temporal import converter
+    from deepagent_temporal.contract import WorkerEnv
+
+    monkeypatch.setenv(WorkerEnv.name("allowed_types"), "pkg.models:Report, pkg.models:Grade")
+    converter._env_types.cache_clear()
+    try:
+        assert {("pkg.models", "Report"), ("pkg.models", "Grade")} <= converter.allowed_types()
+    finally:
+        monkeypatch.delenv(WorkerEnv.name("allowed_types"))
+        converter._env_types.cache_clear()
+
+
+class Mood(enum.Enum):
+    CALM = "calm"
+
+
+class Finding(BaseModel):
+    mood: Mood
+    text: str
+
+
+class ResearchState(TypedDict, total=False):
+    findings: Annotated[list[Finding], operator.add]
+
+
+def test_a_graphs_own_state_types_are_allowed():
+    from langgraph.graph import END, START, StateGraph
+
+    from deepagent_temporal import converter
+
+    g = StateGraph(ResearchState)
+    g.add_node("n", lambda s: {})
+    g.add_edge(START, "n")
+    g.add_edge("n", END)
+    converter.allow_graph_types(g.compile())
+    allowed = converter.allowed_types()
+    assert (__name__, "Finding") in allowed and (__name__, "Mood") in allowed
