@@ -3,8 +3,10 @@
 Every default comes from the worker environment, :class:`~.contract.WorkerEnv` (flags
 override it); ``deepagent-temporal worker --help`` lists the variables.
 
-Exit codes: 0 ok, 1 run failed, 2 bad usage / bad graph reference, 3 Temporal
-unreachable.
+Exit codes: 0 ok (a worker: stopped by SIGTERM / SIGINT after draining), 1 run failed
+(a worker: failed for another reason), 2 bad usage, bad graph reference, bad environment
+value or a namespace that does not exist, 3 Temporal unreachable; 128 + the signal's
+number: a worker told to stop twice (it did not wait for its running activities).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 import uuid
@@ -62,10 +63,16 @@ def _add_connection_args(p: argparse.ArgumentParser, env: WorkerEnv) -> None:
     )
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc``'s message on one line (at most ``limit`` characters)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 async def connect(args: argparse.Namespace) -> Any:
     """Connect to Temporal with our data converter; CliError(3) when unreachable."""
     from temporalio.client import Client
-    from temporalio.service import TLSConfig
+    from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
     from deepagent_temporal.converter import data_converter
 
@@ -95,7 +102,18 @@ async def connect(args: argparse.Namespace) -> Any:
             f"{args.connect_timeout:.0f}s",
             EXIT_UNREACHABLE,
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - RuntimeError / RPCError from the core
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED):
+            raise CliError(
+                f"Temporal at {args.address} refused the credentials: {one_line(exc)}",
+                EXIT_USAGE,
+            ) from exc
+        raise CliError(
+            f"cannot connect to Temporal at {args.address} (namespace {args.namespace}): "
+            f"{one_line(exc)}",
+            EXIT_UNREACHABLE,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - RuntimeError from the core
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CliError(
             f"cannot connect to Temporal at {args.address} (namespace {args.namespace}): {first}",
@@ -135,156 +153,6 @@ def _worker_parser(sub: Any, env: WorkerEnv) -> None:
         help="address the health server binds (pods: all interfaces; local runs: 127.0.0.1)",
     )
     p.add_argument("--shutdown-grace-seconds", type=float, default=env.shutdown_grace_seconds)
-
-
-def _load_graphs(spec: str | None) -> dict[str, Any]:
-    from deepagent_temporal.engine.worker import GraphLoadError, load_graph
-
-    graph_var = WorkerEnv.name("graph")
-    if not spec:
-        raise CliError(
-            f"no graph to serve: set {graph_var}=package.module:attribute (or --graph)",
-            EXIT_USAGE,
-        )
-    graphs: dict[str, Any] = {}
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    for ref in (r.strip() for r in spec.split(",")):
-        if not ref:
-            continue
-        try:
-            graphs[ref] = load_graph(ref)
-        except GraphLoadError as exc:
-            raise CliError(f"bad graph reference: {exc}", EXIT_USAGE) from exc
-    if not graphs:
-        raise CliError(f"{graph_var} is empty", EXIT_USAGE)
-    return graphs
-
-
-async def run_worker(args: argparse.Namespace) -> int:
-    from deepagent_temporal.engine.worker import create_worker
-
-    if not args.task_queue:
-        raise CliError(
-            f"no task queue: set {WorkerEnv.name('temporal_task_queue')} (or --task-queue)",
-            EXIT_USAGE,
-        )
-    graphs = _load_graphs(args.graph)
-    client = await connect(args)
-
-    backend = None
-    if args.token_streaming and args.redis_url:
-        from deepagent_temporal.transport.redis_writer import RedisStreamBackend
-
-        backend = RedisStreamBackend(
-            args.redis_url, maxlen=args.stream_maxlen, ttl_seconds=args.stream_ttl_seconds
-        )
-    aliases: dict[str, str] = {}
-    for ref, graph in graphs.items():
-        name = getattr(graph, "name", None)
-        if name and name not in graphs and name not in aliases:
-            aliases[name] = ref
-    worker = create_worker(
-        client,
-        graphs,
-        args.task_queue,
-        enable_token_streaming=args.token_streaming,
-        redis_stream_backend=backend,
-        aliases=aliases,
-        graceful_shutdown_timeout=__import__("datetime").timedelta(
-            seconds=args.shutdown_grace_seconds
-        ),
-    )
-
-    state: dict[str, Any] = {"temporal": "connecting", "polling": False}
-
-    def ready() -> tuple[bool, dict[str, Any]]:
-        detail: dict[str, Any] = {
-            "temporal": state["temporal"],
-            "task_queue": args.task_queue,
-            "graphs": list(graphs),
-        }
-        if backend is None:
-            detail["redis"] = "disabled"
-        else:
-            detail["redis"] = "up" if backend.available() else "down"
-        ok = state["polling"] and state["temporal"] == "connected"
-        return ok, detail
-
-    health = None
-    if args.health_port:
-        from deepagent_temporal.health import HealthServer
-
-        health = HealthServer(args.health_port, ready, host=args.health_host)
-        try:
-            await health.start()
-        except OSError as exc:
-            raise CliError(
-                f"cannot serve health on port {args.health_port}: {exc}", EXIT_USAGE
-            ) from exc
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
-    async def watch_temporal() -> None:
-        while True:
-            try:
-                ok = await asyncio.wait_for(client.service_client.check_health(), 5)
-                state["temporal"] = "connected" if ok else "unhealthy"
-            except Exception:  # noqa: BLE001
-                state["temporal"] = "unreachable"
-            await asyncio.sleep(5)
-
-    async def probe_redis() -> None:
-        if backend is None:
-            return
-        with contextlib.suppress(Exception):
-            await backend.ping()
-
-    log.info(
-        "worker starting: graphs=%s task_queue=%s temporal=%s redis=%s",
-        list(graphs),
-        args.task_queue,
-        args.address,
-        "on" if backend else "off",
-    )
-    watcher = asyncio.create_task(watch_temporal())
-    await probe_redis()
-    run_task = asyncio.create_task(worker.run())
-    # Worker.run() starts polling right away; give it a moment to fail fast
-    await asyncio.sleep(0.2)
-    if not run_task.done():
-        state["polling"] = True
-    print(
-        f"deepagent-temporal worker ready: task queue {args.task_queue!r}, graphs {list(graphs)}",
-        flush=True,
-    )
-    stop_task = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    state["polling"] = False
-    if run_task in done:
-        exc = run_task.exception()
-        if exc is not None:
-            print(f"error: worker stopped: {exc}", file=sys.stderr)
-            code = EXIT_UNREACHABLE
-    else:
-        log.info("shutting down (draining running activities)")
-        await worker.shutdown()
-        with contextlib.suppress(BaseException):
-            await run_task
-    stop_task.cancel()
-    watcher.cancel()
-    if health is not None:
-        await health.stop()
-    if backend is not None:
-        with contextlib.suppress(Exception):
-            await backend.aclose()
-    return code
 
 
 # ---------------------------------------------------------------------------- run
@@ -403,6 +271,8 @@ def _main(argv: list[str] | None) -> int:
     )
     try:
         if args.command == "worker":
+            from deepagent_temporal.worker_process import run_worker
+
             return asyncio.run(run_worker(args))
         if args.command == "run":
             return asyncio.run(run_client(args))

@@ -61,6 +61,91 @@ def test_bad_graph_reference_fails_fast(temporal_server):
         assert time.monotonic() - started < 30
 
 
+BROKEN_GRAPHS = {
+    "graph_keyerror": "import os\nAPI_KEY = os.environ['NO_SUCH_KEY_FOR_THIS_TEST']\n",
+    "graph_runtimeerror": "raise RuntimeError('the module refuses to load')\n",
+    "graph_missing_dependency": "import no_such_dependency_xyz  # noqa\n",
+    "graph_misc": (
+        "CONFIG = {'model': 'x'}\n"
+        "def factory():\n"
+        "    raise ValueError('the factory broke')\n"
+        "def not_a_graph_factory():\n"
+        "    return 42\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "ref, reason",
+    [
+        (
+            "graph_keyerror:agent",
+            "cannot import module 'graph_keyerror': it raised "
+            "KeyError: 'NO_SUCH_KEY_FOR_THIS_TEST' (at {dir}/graph_keyerror.py:2)",
+        ),
+        (
+            "graph_runtimeerror:agent",
+            "cannot import module 'graph_runtimeerror': it raised "
+            "RuntimeError: the module refuses to load (at {dir}/graph_runtimeerror.py:1)",
+        ),
+        (
+            "graph_missing_dependency:agent",
+            "cannot import module 'graph_missing_dependency': it raised ModuleNotFoundError: "
+            "No module named 'no_such_dependency_xyz' (at {dir}/graph_missing_dependency.py:1)",
+        ),
+        (
+            "graph_misc:factory",
+            "factory 'factory' raised ValueError: the factory broke (at {dir}/graph_misc.py:3)",
+        ),
+        ("graph_misc:CONFIG", "'CONFIG' is a dict, not a compiled LangGraph graph"),
+        ("graph_misc:not_a_graph_factory", "factory 'not_a_graph_factory' returned an int"),
+    ],
+)
+def test_a_graph_that_cannot_be_loaded_exits_2_with_one_line(ref, reason, tmp_path):
+    """Whatever the graph module, attribute or factory raises (not only ImportError):
+    exit 2 and one line naming the reference, the exception and where it was raised
+    (the traceback only with DEEPAGENT_LOG_LEVEL=DEBUG). Loading comes before any
+    connection, so no Temporal server is needed."""
+    for name, source in BROKEN_GRAPHS.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "DEEPAGENT_GRAPH": ref,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TEMPORAL_TASK_QUEUE": "broken-graph",
+    }
+    proc = _run([*_cli(), "worker"], env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: bad graph reference {ref!r}: "), lines[0]
+    assert reason.format(dir=tmp_path) in lines[0]
+
+    debug = _run([*_cli(), "worker"], env={**env, "DEEPAGENT_LOG_LEVEL": "DEBUG"})
+    assert debug.returncode == 2
+    assert debug.stderr.strip().splitlines()[-1].startswith("error: bad graph reference")
+    if "raised" in reason:
+        assert "Traceback" in debug.stderr, "DEBUG shows where user code raised"
+
+
+def test_a_namespace_that_does_not_exist_exits_2_naming_it(temporal_server):
+    proc = _run(
+        [*_cli(), "worker"],
+        env={
+            "DEEPAGENT_GRAPH": EXAMPLE,
+            "TEMPORAL_ADDRESS": temporal_server.address,
+            "TEMPORAL_NAMESPACE": "no-such-namespace",
+            "TEMPORAL_TASK_QUEUE": "bad-namespace",
+        },
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        f"error: Temporal namespace 'no-such-namespace' does not exist at "
+        f"{temporal_server.address}" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+
 def test_unreachable_temporal_fails_fast():
     port = free_port()
     started = time.monotonic()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from deepagent_temporal.cli import build_parser, main
 
 
@@ -88,3 +92,83 @@ def test_usage_errors_exit_2(monkeypatch, capsys):
     assert "TEMPORAL_TASK_QUEUE" in capsys.readouterr().err
     assert main(["worker", "--task-queue", "q"]) == 2
     assert "DEEPAGENT_GRAPH" in capsys.readouterr().err
+
+
+def test_negative_shutdown_grace_is_a_usage_error(monkeypatch, capsys):
+    parse(monkeypatch, {}, ["worker"])
+    argv = ["worker", "--task-queue", "q", "--graph", "x:y", "--shutdown-grace-seconds", "-1"]
+    assert main(argv) == 2
+    assert "must be >= 0" in capsys.readouterr().err
+
+
+class _Namespaces:
+    """A client whose DescribeNamespace answers with ``answer`` (an exception or None)."""
+
+    def __init__(self, answer):
+        self.workflow_service = self
+        self.answer = answer
+
+    async def describe_namespace(self, request, **kwargs):
+        if self.answer is not None:
+            raise self.answer
+        return object()
+
+
+def _rpc(status):
+    from temporalio.service import RPCError
+
+    return RPCError("rpc says no", status, b"")
+
+
+@pytest.mark.parametrize(
+    "describe, failure, code, message",
+    [
+        # the server says the namespace does not exist: configuration, exit 2
+        (
+            "NOT_FOUND",
+            RuntimeError("Worker validation failed: Namespace agents was not found"),
+            2,
+            "Temporal namespace 'agents' does not exist at temporal:7233",
+        ),
+        # cannot ask the server, but the worker said so
+        (
+            "PERMISSION_DENIED",
+            RuntimeError("Worker validation failed: Status { code: NotFound, Namespace agents"),
+            2,
+            "Temporal namespace 'agents' does not exist",
+        ),
+        # the server does not answer: exit 3, with the address
+        (
+            "UNAVAILABLE",
+            RuntimeError("Activity worker failed"),
+            3,
+            "cannot reach Temporal at temporal:7233: Activity worker failed",
+        ),
+        (
+            "PERMISSION_DENIED",
+            RuntimeError("Poll failed: transport error: Connection refused"),
+            3,
+            "cannot reach Temporal at temporal:7233",
+        ),
+        # the server is there and the namespace exists: anything else is exit 1
+        (
+            None,
+            RuntimeError("Workflow worker failed: the sandbox rejected a module"),
+            1,
+            "worker stopped: Workflow worker failed: the sandbox rejected a module",
+        ),
+        (None, KeyError("a bug"), 1, "worker stopped: KeyError: 'a bug'"),
+    ],
+)
+async def test_a_worker_failure_maps_to_its_exit_code(describe, failure, code, message):
+    """Worker.run() failing is not always "Temporal unreachable" (exit 3)."""
+    from temporalio.service import RPCStatusCode
+
+    from deepagent_temporal.worker_process import worker_failure
+
+    answer = _rpc(getattr(RPCStatusCode, describe)) if describe else None
+    args = argparse.Namespace(namespace="agents", address="temporal:7233")
+    error = await worker_failure(failure, _Namespaces(answer), args)
+    assert error.code == code
+    assert message in str(error)
+    assert "\n" not in str(error)

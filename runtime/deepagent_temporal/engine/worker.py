@@ -22,6 +22,8 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import os
+import traceback
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -62,37 +64,107 @@ def node_activity_options() -> dict[str, Any]:
 
 
 class GraphLoadError(RuntimeError):
-    """A graph reference does not point at a compiled graph or a factory of one."""
+    """A graph reference does not point at a compiled graph or a factory of one.
+
+    ``str()`` is one line naming the reference and the reason (with the exception and
+    where it was raised, when the user's code raised); the exception that caused it, if
+    any, is ``__cause__`` (its traceback is the detail, not the message).
+    """
+
+    def __init__(self, reference: str, reason: str, *, from_user_code: bool = True) -> None:
+        super().__init__(f"graph reference {reference!r}: {reason}")
+        self.reference = reference
+        self.reason = reason
+        #: the user's code raised (the cause's traceback says where); False when the
+        #: reference itself is wrong (no such module or attribute, not a graph)
+        self.from_user_code = from_user_code
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: message (file:line)``, one line: what user code raised, and where."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        name = frame.filename
+        if name.startswith("<") or f"{os.sep}importlib{os.sep}" in name or name == __file__:
+            continue
+        where = f" (at {name}:{frame.lineno})"
+        break
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
 
 
 def load_graph(reference: str) -> Any:
-    """Import ``package.module:attribute`` (a compiled graph or a zero-arg factory)."""
+    """Import ``package.module:attribute`` (a compiled graph or a zero-arg factory).
+
+    Anything that goes wrong (the module raising at import, a missing attribute, a
+    factory that raises or returns something else) is a :class:`GraphLoadError`.
+    """
     module_name, sep, attr = reference.partition(":")
     if not sep or not module_name or not attr:
         raise GraphLoadError(
-            f"graph reference {reference!r} must look like 'package.module:attribute'"
+            reference, "must look like 'package.module:attribute'", from_user_code=False
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise GraphLoadError(f"cannot import module {module_name!r}: {exc}") from exc
+        missing = getattr(exc, "name", None)
+        if missing and (module_name == missing or module_name.startswith(f"{missing}.")):
+            # the module itself (or its package) does not exist: no code of it ran
+            raise GraphLoadError(
+                reference, f"cannot import module {module_name!r}: {exc}", from_user_code=False
+            ) from exc
+        raise GraphLoadError(
+            reference, f"cannot import module {module_name!r}: it raised {_raised(exc)}"
+        ) from exc
+    except (Exception, SystemExit) as exc:  # the module raised while being imported
+        raise GraphLoadError(
+            reference, f"cannot import module {module_name!r}: it raised {_raised(exc)}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise GraphLoadError(f"module {module_name!r} has no attribute {attr!r}") from exc
+            raise GraphLoadError(
+                reference,
+                f"module {module_name!r} has no attribute {attr!r}",
+                from_user_code=False,
+            ) from exc
+        except Exception as exc:  # a module-level __getattr__ or a property raising
+            raise GraphLoadError(reference, f"reading {attr!r} raised {_raised(exc)}") from exc
+    what = f"{attr!r} is"
     if not isinstance(obj, (Pregel, StateGraph)) and callable(obj):
+        what = f"factory {attr!r} returned"
+        if inspect.iscoroutinefunction(obj):
+            raise GraphLoadError(
+                reference,
+                f"{attr!r} is an async function; a graph factory must be a plain function",
+                from_user_code=False,
+            )
         try:
             obj = obj()
-        except Exception as exc:
-            raise GraphLoadError(f"factory {reference!r} failed: {exc}") from exc
+        except (Exception, SystemExit) as exc:
+            raise GraphLoadError(reference, f"factory {attr!r} raised {_raised(exc)}") from exc
     if isinstance(obj, StateGraph):
-        obj = obj.compile()
+        try:
+            obj = obj.compile()
+        except Exception as exc:
+            raise GraphLoadError(
+                reference, f"compiling the StateGraph raised {_raised(exc)}"
+            ) from exc
     if not isinstance(obj, Pregel) or getattr(obj, "builder", None) is None:
         raise GraphLoadError(
-            f"{reference!r} is a {type(obj).__name__}, not a compiled LangGraph graph "
-            "(StateGraph.compile() / create_deep_agent(...)) or a zero-arg factory of one"
+            reference,
+            f"{what} {_a(type(obj).__name__)}, not a compiled LangGraph graph "
+            "(StateGraph.compile() / create_deep_agent(...)) or a zero-arg factory of one",
+            from_user_code=False,
         )
     return obj
 
