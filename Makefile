@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[runtime,operator,dev]'
+	$(BIN)/python -m pip install -q -e '.[runtime,operator,gateway,dev]'
 	touch $@
 
 system-deps:

@@ -1,0 +1,483 @@
+"""One run segment as the Agent Server's SSE events, resumable from any event id.
+
+Reads the run's workflow stream (durable: graph chunks, custom output, run markers,
+Temporal-path tokens, durable call records) and its Redis stream (live tokens) and merges
+them with :class:`~deepagent_temporal.client.delivery.TokenStreamMerger`, like
+``TemporalDeepAgent.astream`` does, but keeping what is needed to give every SSE event an
+id that is a resume cursor (:mod:`.cursor`). Tokens go from Redis to the socket directly.
+
+Inputs are consumed in batches (one workflow-stream item; one Redis entry, whose events
+arrive together): every event of a batch but the last carries the cursor from before the
+batch, the last one the cursor after it. Resuming replays the consumed inputs silently
+into a fresh merger, restores the progress of the calls the cursor names, and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in
+from deepagent_temporal.client.run_stream import RunStreamReader
+from deepagent_temporal.contract import (
+    CUSTOM_TOPIC,
+    GRAPH_TOPIC,
+    LLM_RECORD,
+    REDIS,
+    RUN_ENDING_MARKERS,
+    RUN_ERROR,
+    RUN_PAUSE,
+    RUN_TOPIC,
+    TOKENS_TOPIC,
+)
+from deepagent_temporal.gateway.cursor import CallProgress, Cursor, call_hash
+from deepagent_temporal.gateway.messages import messages_event
+from deepagent_temporal.transport.temporal import expand
+
+#: stream modes answered from token events
+TOKEN_MODES = frozenset({"messages-tuple"})
+#: every topic: a cursor must mean the same whatever modes wrote it
+TOPICS = [RUN_TOPIC, GRAPH_TOPIC, CUSTOM_TOPIC, TOKENS_TOPIC]
+END_GRACE_SECONDS = 10.0
+RECORD_GRACE_SECONDS = 3.0
+
+Item = tuple[str, Any, str | None]  # (event, data, id)
+
+
+@dataclass
+class StreamSpec:
+    """What one SSE stream of a run segment shows."""
+
+    modes: set[str]
+    subgraphs: bool = False
+    #: merged into each ``messages`` event's metadata (thread_id, run_id, assistant_id...)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _key(ev: dict[str, Any]) -> tuple[Any, ...]:
+    return (ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1), ev.get("llm_call"))
+
+
+def _redis_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+class SegmentStream:
+    """SSE items of one run segment (a LangGraph run), from its start or from a cursor."""
+
+    def __init__(
+        self,
+        reader: RunStreamReader,
+        redis: Any,
+        handle: Any,
+        run_id: str,
+        segment: int,
+        start_offset: int,
+        spec: StreamSpec,
+        cursor: Cursor | None = None,
+    ) -> None:
+        self.reader = reader
+        self.redis = redis
+        self.handle = handle
+        self.run_id = run_id
+        self.segment = segment
+        self.spec = spec
+        self.want_tokens = bool(spec.modes & TOKEN_MODES)
+        self.resumed = cursor is not None
+        cursor = cursor or Cursor(offset=start_offset, tokens=self.want_tokens)
+        self.start_offset = start_offset
+        self.cursor = cursor
+        self.offset = cursor.offset
+        self.redis_id = cursor.redis_id
+        self.merger = TokenStreamMerger(gap_timeout=math.inf)
+        self.progress: dict[str, CallProgress] = {}
+        self.open_calls: set[tuple[Any, ...]] = set()
+        self.records: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
+        self.batch_resets: list[tuple[Any, int]] = []
+        self.suppress_resets = {(s, a) for s, a in cursor.resets}
+        self.ending_deadline: float | None = None
+        self.need_redis_complete = False
+        self.redis_complete_seen = False
+        self.redis_idle_at = -math.inf
+        self.error: str | None = None
+        self.ended_by_marker = False
+        self._replayed: dict[str, CallProgress] = {}
+        self.pending_fill: dict[str, CallProgress] = dict(cursor.calls)
+
+    # ------------------------------------------------------------- bookkeeping
+
+    def _current(self, ev: dict[str, Any]) -> bool:
+        return int(ev.get("segment") or 0) >= self.segment
+
+    def _track(self, ev: dict[str, Any]) -> bool:
+        """Update progress with a delivered event; False if it must not be shown."""
+        t = ev.get("type")
+        if t == "reset":
+            scope, attempt = ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1)
+            for key in [k for k in self.open_calls if k[0] == scope and k[1] <= attempt]:
+                self.open_calls.discard(key)
+            self.batch_resets.append((scope, attempt))
+            if (scope, attempt) in self.suppress_resets:
+                self.suppress_resets.discard((scope, attempt))
+                return False
+            return True
+        if t not in ("llm_start", "token", "snapshot", "llm_end"):
+            return True
+        p = self.progress.setdefault(call_hash(ev), CallProgress())
+        p.started = True
+        if t == "llm_start":
+            self.open_calls.add(_key(ev))
+        elif t == "llm_end":
+            self.open_calls.discard(_key(ev))
+            p.ended = True
+        else:
+            p.next_index = int(ev.get("index") or 0) + 1
+            p.chars += len(ev.get("token") or "")
+        return True
+
+    def _id(self) -> str:
+        return Cursor(
+            self.offset, self.redis_id, self.progress, self.batch_resets, self.want_tokens
+        ).encode()
+
+    def _end_batch(self, offset: int | None = None, redis_id: str | None = None) -> None:
+        if offset is not None:
+            self.offset = max(self.offset, offset)
+        if redis_id is not None:
+            self.redis_id = redis_id
+        for h in [h for h, p in self.progress.items() if p.ended]:
+            del self.progress[h]
+        self.batch_resets = []
+
+    def _emit(
+        self, shown: list[tuple[str, Any]], offset: int | None = None, redis_id: str | None = None
+    ) -> list[Item]:
+        """Ids for one batch's events: the last one says the batch was consumed."""
+        if not shown:
+            self._end_batch(offset, redis_id)
+            return []
+        out: list[Item] = [(name, data, self._id()) for name, data in shown[:-1]]
+        self._end_batch(offset, redis_id)
+        out.append((shown[-1][0], shown[-1][1], self._id()))
+        return out
+
+    def _show_tokens(self, delivered: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        shown: list[tuple[str, Any]] = []
+        for ev in delivered:
+            if not self._track(ev) or not self.want_tokens:
+                continue
+            if ev.get("type") not in ("token", "snapshot") or ev.get("nostream"):
+                continue
+            if not ev.get("token") and not ev.get("tool_call_chunks"):
+                continue
+            shown.append(messages_event(ev, self.spec.metadata, self.spec.subgraphs))
+        return shown
+
+    def _settle(self, force: bool) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        now = time.monotonic()
+        for key, (arrived, record) in list(self.records.items()):
+            if (
+                force
+                or self.redis is None
+                or self.redis_complete_seen
+                or self.redis_idle_at > arrived
+                or now - arrived >= RECORD_GRACE_SECONDS
+            ):
+                del self.records[key]
+                out.extend(self.merger.settle(record))
+        return out
+
+    # ----------------------------------------------------------------- inputs
+
+    def _graph_item(self, topic: str, data: Any) -> list[tuple[str, Any]]:
+        modes = self.spec.modes
+        if topic == CUSTOM_TOPIC:
+            return [("custom", data)] if "custom" in modes else []
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("kind")
+        if topic == GRAPH_TOPIC:
+            return [(kind, data.get("data"))] if kind in modes else []
+        if topic != RUN_TOPIC or not self._current(data) or kind not in RUN_ENDING_MARKERS:
+            return []
+        if self.ending_deadline is None:
+            self.ending_deadline = time.monotonic() + END_GRACE_SECONDS
+            self.need_redis_complete = bool(data.get("redis_complete")) and self.redis is not None
+        self.ended_by_marker = True
+        if kind == RUN_ERROR:
+            self.error = str(data.get("data") or "run failed")
+        if kind == RUN_PAUSE:
+            interrupts = {"__interrupt__": list((data.get("data") or {}).get("interrupts") or [])}
+            if "updates" in modes:
+                return [("updates", interrupts)]
+            if "values" in modes:
+                return [("values", interrupts)]
+        return []
+
+    def _temporal_item(self, item: Any) -> list[Item]:
+        shown: list[tuple[str, Any]] = []
+        if item.topic == TOKENS_TOPIC:
+            delivered: list[dict[str, Any]] = []
+            for raw in expand(item.data):
+                kind = raw.get("type")
+                if kind == "complete" or not self._current(raw):
+                    continue
+                if kind == LLM_RECORD:
+                    self.records[_key(raw)] = (time.monotonic(), raw)
+                    continue
+                delivered.extend(self.merger.push(raw))
+            shown = self._show_tokens(delivered)
+        else:
+            shown = self._graph_item(item.topic, item.data)
+        return self._emit(shown, offset=item.offset + 1)
+
+    def _redis_entry(self, entry_id: str, events: list[dict[str, Any]]) -> list[Item]:
+        delivered: list[dict[str, Any]] = []
+        for ev in events:
+            if not self._current(ev):
+                continue
+            if ev.get("type") == "complete":
+                self.redis_complete_seen = True
+                continue
+            delivered.extend(self.merger.push(ev))
+        return self._emit(self._show_tokens(delivered), redis_id=entry_id)
+
+    # ----------------------------------------------------------------- resume
+
+    async def _replay(self) -> list[Item]:
+        """Rebuild the state the cursor describes; returns the rest of its open calls."""
+        cur = self.cursor
+        silent_tokens = cur.tokens
+        pending = dict(cur.calls)
+        held: dict[str, list[dict[str, Any]]] = {}
+        samples: dict[str, dict[str, Any]] = {}
+        shown: list[tuple[str, Any]] = []
+
+        def feed(ev: dict[str, Any]) -> None:
+            h = call_hash(ev)
+            p = pending.get(h)
+            t = ev.get("type")
+            if p is not None and t in ("llm_start", "token", "llm_end"):
+                held.setdefault(h, [])
+                samples.setdefault(h, ev)
+                if (t == "token" and int(ev.get("index") or 0) < p.next_index) or (
+                    t == "llm_start" and p.started
+                ):
+                    # delivered before: into the merger silently (its exact text)
+                    for d in self.merger.push(ev):
+                        r = self._replayed.setdefault(h, CallProgress())
+                        if d.get("type") == "token":
+                            r.next_index = int(d.get("index") or 0) + 1
+                            r.chars += len(d.get("token") or "")
+                else:
+                    held[h].append(ev)
+                return
+            delivered = self.merger.push(ev)
+            if silent_tokens:
+                for d in delivered:
+                    self._track(d)
+            else:
+                shown.extend(self._show_tokens(delivered))
+
+        if cur.offset > self.start_offset:
+            items = self.reader.items(self.handle, TOPICS, self.start_offset, None)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    if item.offset >= cur.offset:
+                        break
+                    if item.topic == TOKENS_TOPIC:
+                        for raw in expand(item.data):
+                            kind = raw.get("type")
+                            if kind == "complete" or not self._current(raw):
+                                continue
+                            if kind == LLM_RECORD:
+                                if call_hash(raw) in pending:
+                                    self.records[_key(raw)] = (time.monotonic(), raw)
+                                else:
+                                    self.merger.settle(raw)
+                            else:
+                                feed(raw)
+                    else:
+                        self._graph_item(item.topic, item.data)
+                    if item.offset >= cur.offset - 1:
+                        break
+        if self.redis is not None and cur.redis_id != "0-0":
+            limit = _redis_order(cur.redis_id)
+            try:
+                events = await self.redis.read_all(self.handle.id, self.run_id)
+            except Exception:  # noqa: BLE001 - Redis lost: records complete the calls
+                events = []
+            for ev in events:
+                if _redis_order(ev.get("redis_id") or "0-0") > limit or not self._current(ev):
+                    continue
+                if ev.get("type") == "complete":
+                    self.redis_complete_seen = True
+                    continue
+                ev["source"] = REDIS
+                feed(ev)
+        # the calls the cursor names: restore their progress, then what is left of them
+        self.progress = {}
+        for h, p in pending.items():
+            if h not in held:
+                continue  # not seen yet: restored when its first event arrives
+            self._restore(samples[h], p)
+            del self.pending_fill[h]
+        # calls not seen yet keep their progress until they show up
+        for d in [e for evs in held.values() for e in evs]:
+            shown.extend(self._show_tokens(self.merger.push(d)))
+        self._end_batch()
+        return self._emit(shown)
+
+    def _restore(self, sample: dict[str, Any], p: CallProgress) -> None:
+        """Bring the merger's state of a call to ``p`` (what the client has), silently."""
+        base = {
+            k: sample.get(k)
+            for k in ("node", "namespace", "task_id", "llm_call", "attempt", "message_id")
+        }
+        if p.started:
+            self.merger.push({"type": "llm_start", "token": "", **base})
+        have = self._replayed.pop(call_hash(sample), None)
+        chars = have.chars if have else 0
+        start = have.next_index if have else 0
+        for i in range(start, p.next_index):
+            pad = "\0" * max(p.chars - chars, 0) if i == p.next_index - 1 else ""
+            chars += len(pad)
+            self.merger.push({"type": "token", "token": pad, "index": i, **base})
+        if p.ended:
+            self.merger.push({"type": "llm_end", "token": "", "token_count": p.next_index, **base})
+        else:
+            self.progress[call_hash(sample)] = CallProgress(p.next_index, p.chars, p.started)
+            self.open_calls.add(_key(sample))
+
+    # ------------------------------------------------------------------- run
+
+    async def items(self) -> AsyncIterator[Item]:
+        if self.resumed:
+            for item in await self._replay():
+                yield item
+        sources: dict[str, AsyncIterator[Any]] = {
+            "temporal": self.reader.items(self.handle, TOPICS, self.offset, None)
+        }
+        if self.redis is not None and self.want_tokens:
+            sources["redis"] = _quiet(
+                self.redis.subscribe(
+                    self.handle.id,
+                    self.run_id,
+                    last_id=self.redis_id,
+                    stop_on_complete=False,
+                    on_idle=self._on_idle,
+                )
+            )
+        async with fan_in(sources) as queue:
+            while True:
+                for item in self._emit(self._show_tokens(self._settle(force=False))):
+                    yield item
+                if self._ending():
+                    break
+                timeout = (
+                    0.05 if (self.merger.waiting or self.ending_deadline or self.records) else None
+                )
+                try:
+                    first = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    continue
+                batch = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                for item in self._consume(batch):
+                    yield item
+        settled = self._settle(force=True) + self.merger.finish()
+        for item in self._emit(self._show_tokens(settled)):
+            yield item
+
+    def _ending(self) -> bool:
+        if self.ending_deadline is None:
+            return False
+        if time.monotonic() >= self.ending_deadline:
+            return True
+        return (
+            self.merger.waiting == 0
+            and not self.open_calls
+            and not self.records
+            and (self.redis_complete_seen or not self.need_redis_complete)
+        )
+
+    def last_id(self) -> str:
+        """The cursor after everything delivered so far."""
+        return self._id()
+
+    def _on_idle(self) -> None:
+        self.redis_idle_at = time.monotonic()
+
+    def _consume(self, batch: list[tuple[str, Any]]) -> list[Item]:
+        out: list[Item] = []
+        entry_id: str | None = None
+        entry: list[dict[str, Any]] = []
+        for source, payload in batch:
+            if source == "redis" and payload is not SOURCE_DONE and isinstance(payload, dict):
+                rid = payload.get("redis_id") or self.redis_id
+                if entry and rid != entry_id:
+                    out.extend(self._redis_entry(entry_id or rid, entry))
+                    entry = []
+                entry_id = rid
+                self._fill_pending(payload)
+                entry.append(payload)
+                continue
+            if entry:
+                out.extend(self._redis_entry(entry_id or self.redis_id, entry))
+                entry = []
+            if payload is SOURCE_DONE:
+                if source == "temporal" and self.ending_deadline is None:
+                    self.ending_deadline = time.monotonic() + END_GRACE_SECONDS
+                continue
+            if isinstance(payload, BaseException):
+                raise payload
+            if payload.topic == TOKENS_TOPIC and self.pending_fill:
+                for raw in expand(payload.data):
+                    self._fill_pending(raw)
+            out.extend(self._temporal_item(payload))
+        if entry:
+            out.extend(self._redis_entry(entry_id or self.redis_id, entry))
+        return out
+
+    def _fill_pending(self, ev: dict[str, Any]) -> None:
+        if not self.pending_fill or ev.get("type") not in ("llm_start", "token", "llm_end"):
+            return
+        p = self.pending_fill.pop(call_hash(ev), None)
+        if p is not None:
+            self._restore(ev, p)
+
+    async def outcome(self) -> tuple[str, str] | None:
+        """``(error type, message)`` if the segment did not end well, after ``items``."""
+        if self.error is not None:
+            kind, _, message = self.error.partition(": ")
+            return (kind, message) if message else ("RunError", self.error)
+        if self.ended_by_marker:
+            return None
+        try:
+            desc = await self.handle.describe()
+        except Exception:  # noqa: BLE001
+            return None
+        status = desc.status.name if desc.status is not None else "RUNNING"
+        if status in ("CANCELED", "TERMINATED"):
+            return ("UserInterrupt", f"run {self.handle.id} was {status.lower()}")
+        if status in ("FAILED", "TIMED_OUT"):
+            return ("RunError", f"run {self.handle.id} {status.lower()}")
+        return None
+
+
+async def _quiet(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The Redis path is best effort: the durable path decides how the segment ends."""
+    with contextlib.suppress(Exception):
+        async for ev in events:
+            yield ev
+
+
+__all__ = ["SegmentStream", "StreamSpec", "TOKEN_MODES"]
