@@ -50,6 +50,7 @@ from deepagent_temporal.contract import (
     WorkerEnv,
     content_text,
 )
+from deepagent_temporal.engine import attempts
 from deepagent_temporal.transport.temporal import compact
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class NodeActivityInput:
     namespace: tuple[str, ...] = ()
     #: the run's segment (resumes so far): token events carry it
     segment: int = 0
+    #: the node's maximum_attempts (0: none), enforced in the activity (engine/attempts.py)
+    max_attempts: int = 0
     #: the run id naming the run's Redis stream (the first run of a continue-as-new chain)
     stream_run_id: str | None = None
 
@@ -179,7 +182,7 @@ def make_node_caller(
         ns = lg_config.get("configurable", {}).get("checkpoint_ns", "") or ""
         # the path of the (sub)graph this node belongs to; LangGraph's convention
         namespace = tuple(p for p in ns.split("|") if p)[:-1]
-        opts = dict(options)
+        opts, max_attempts = attempts.unlimited_retries(dict(options))
         opts.setdefault("summary", node_name)
         run = workflow.instance()
         out: NodeActivityOutput = await workflow.execute_activity(
@@ -191,6 +194,7 @@ def make_node_caller(
                 node=node_name,
                 namespace=namespace,
                 segment=getattr(run, "segment", 0),
+                max_attempts=max_attempts,
                 stream_run_id=getattr(run, "stream_run_id", None),
             ),
             **opts,
@@ -301,13 +305,19 @@ class _NodeActivityInbound(ActivityInboundInterceptor):
         started = time.perf_counter()
         outcome = "failed"
         try:
-            result = await self._owner.run_node_activity(self.next, input)
+            run = self._owner.run_node_activity(self.next, input)
+            budget = getattr(node_input, "max_attempts", 0)
+            result = await attempts.run_attempt(run, node, budget)
             outcome = (
                 "interrupted"
                 if isinstance(result, NodeActivityOutput) and result.interrupts is not None
                 else "completed"
             )
             return result
+        except Exception as exc:
+            if attempts.is_worker_shutdown(exc):
+                outcome = "worker_shutdown"
+            raise
         finally:
             count.labels(node=node, outcome=outcome).inc()
             seconds.labels(node=node).observe(time.perf_counter() - started)
@@ -415,8 +425,9 @@ async def _heartbeat_loop() -> None:
     if not timeout:
         return
     interval = max(timeout.total_seconds() / 3, 0.2)
+    details = attempts.heartbeat_details()  # a heartbeat replaces earlier details
     while True:
-        activity.heartbeat()
+        activity.heartbeat(details)
         await asyncio.sleep(interval)
 
 
