@@ -372,8 +372,10 @@ def create_worker(
     **worker_kwargs: Any,
 ) -> Worker:
     """A Temporal worker that runs ``graphs`` (name -> compiled graph) with token streaming."""
-    from deepagent_temporal.converter import with_data_converter
+    from deepagent_temporal.converter import allow_graph_types, with_data_converter
 
+    for graph in graphs.values():
+        allow_graph_types(graph)  # the payload allowlist knows the graphs' own state types
     client = with_data_converter(client)
     env = WorkerEnv.from_env()
     RUN_LIMITS.update(
