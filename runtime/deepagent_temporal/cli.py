@@ -196,7 +196,7 @@ async def run_client(args: argparse.Namespace) -> int:
     try:
         async for ev in agent.astream(inp, config, stream_mode="tokens"):
             kind = ev.get("type")
-            if kind == "token" and ev.get("token") and not ev.get("nostream"):
+            if kind in ("token", "snapshot") and ev.get("token") and not ev.get("nostream"):
                 tokens += 1
                 sys.stdout.write(ev["token"])
                 sys.stdout.flush()
