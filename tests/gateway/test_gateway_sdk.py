@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from deepagent_temporal.examples import shapes
@@ -36,3 +38,153 @@ async def test_stream_messages_tuple_exact_once(sdk):
     assert texts == sorted([shapes.DEEP_SCRIPT[0]["content"], shapes.DEEP_SCRIPT[1]]), texts
     final = [p for p in parts if p.event == "values"][-1].data
     assert final["messages"][-1]["content"] == shapes.DEEP_SCRIPT[1]
+
+
+async def test_disconnect_then_join_stream_gets_exactly_the_rest(sdk, gateway):
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    first, run_id, last_id = [], None, None
+    stream = sdk.runs.stream(
+        tid,
+        "deepagent_temporal.examples.shapes:long_agent",
+        input=INPUT,
+        stream_mode="messages-tuple",
+    )
+    async for p in stream:
+        if p.event == "metadata":
+            run_id = p.data["run_id"]
+        first.append(p)
+        last_id = p.id
+        if sum(x.event == "messages" for x in first) >= 60:
+            break  # the client goes away mid-answer
+    await stream.aclose()
+    rest = [
+        p
+        async for p in sdk.runs.join_stream(
+            tid, run_id, last_event_id=last_id, stream_mode="messages-tuple"
+        )
+    ]
+    assert all(p.event != "metadata" for p in rest)
+    assert rest[-1].event == "end"
+    merged: dict[str, str] = {}
+    for part in (_texts(first), _texts(rest)):
+        for mid, text in part.items():
+            merged[mid] = merged.get(mid, "") + text
+    assert sorted(merged.values()) == sorted(["Adding first.", shapes.LONG_TEXT])
+    # the rest really was the rest: the reconnect started mid-answer
+    assert sum(p.event == "messages" for p in rest) > 0
+    # a second join from the same id is the same rest (any replica, any time)
+    again = [
+        p
+        async for p in sdk.runs.join_stream(
+            tid, run_id, last_event_id=last_id, stream_mode="messages-tuple"
+        )
+    ]
+    assert _texts(again) == _texts(rest)
+
+
+async def test_interrupt_and_resume_with_command(sdk):
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    parts = [
+        p
+        async for p in sdk.runs.stream(
+            tid,
+            "chat_approval",
+            input={"messages": [{"role": "user", "content": "deploy"}]},
+            stream_mode=["messages-tuple", "updates"],
+        )
+    ]
+    interrupts = [
+        p.data["__interrupt__"] for p in parts if p.event == "updates" and "__interrupt__" in p.data
+    ]
+    assert interrupts and interrupts[0][0]["value"] == {"question": "Go ahead?"}
+    assert list(_texts(parts).values()) == [shapes._chat_model.script[0]]
+    assert parts[-1].event == "end" and parts[-1].data["status"] == "interrupted"
+    state = await sdk.threads.get_state(tid)
+    assert state["next"] == ["ask"]
+    assert state["tasks"][0]["interrupts"][0]["value"] == {"question": "Go ahead?"}
+    assert (await sdk.threads.get(tid))["status"] == "interrupted"
+
+    resumed = [
+        p
+        async for p in sdk.runs.stream(
+            tid,
+            "chat_approval",
+            command={"resume": "yes"},
+            stream_mode=["messages-tuple", "values"],
+        )
+    ]
+    assert list(_texts(resumed).values()) == [shapes._chat_model.script[1]]
+    final = [p for p in resumed if p.event == "values"][-1].data
+    assert [m["content"] for m in final["messages"]][-2:] == ["yes", shapes._chat_model.script[1]]
+    assert (await sdk.threads.get(tid))["status"] == "idle"
+    runs = await sdk.runs.list(tid)
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"success", "interrupted"}
+
+
+async def test_state_and_history(sdk):
+    thread = await sdk.threads.create(metadata={"owner": "history-test"})
+    tid = thread["thread_id"]
+    result = await sdk.runs.wait(tid, DEEP, input=INPUT)
+    assert result["messages"][-1]["content"] == shapes.DEEP_SCRIPT[1]
+    state = await sdk.threads.get_state(tid)
+    assert state["values"]["messages"][-1]["content"] == shapes.DEEP_SCRIPT[1]
+    assert state["next"] == [] and state["checkpoint"]["thread_id"] == tid
+    history = await sdk.threads.get_history(tid)
+    # (contents: ids the graph generates for id-less messages differ between replays)
+    assert [m["content"] for m in history[0]["values"]["messages"]] == [
+        m["content"] for m in state["values"]["messages"]
+    ]
+    found = await sdk.threads.search(metadata={"owner": "history-test"})
+    assert [t["thread_id"] for t in found] == [tid]
+    assert found[0]["metadata"]["graph_id"] == DEEP and found[0]["status"] == "idle"
+    await sdk.threads.delete(tid)
+    with pytest.raises(Exception) as err:
+        await sdk.threads.get(tid)
+    assert type(err.value).__name__ == "NotFoundError"
+
+
+async def test_stateless_run_stream(sdk):
+    parts = [
+        p async for p in sdk.runs.stream(None, DEEP, input=INPUT, stream_mode="messages-tuple")
+    ]
+    assert parts[0].event == "metadata" and parts[-1].event == "end"
+    assert sorted(_texts(parts).values()) == sorted(
+        [shapes.DEEP_SCRIPT[0]["content"], shapes.DEEP_SCRIPT[1]]
+    )
+
+
+async def test_cancel_stops_the_run_and_its_model_call(sdk, gateway):
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    run = await sdk.runs.create(tid, "deepagent_temporal.examples.shapes:long_agent", input=INPUT)
+    seen = 0
+    async for p in sdk.runs.join_stream(tid, run["run_id"], stream_mode="messages-tuple"):
+        seen += p.event == "messages"
+        if seen >= 40:
+            break
+    await sdk.runs.cancel(tid, run["run_id"], wait=True)
+    assert (await sdk.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    # the model call stopped: its Redis stream holds fewer tokens than the answer has
+    await asyncio.sleep(1.0)
+    events = await gateway.gateway.redis.read_all(tid, run["run_id"])
+    tokens = [e for e in events if e.get("type") == "token"]
+    assert len(tokens) < len(shapes.LONG_TEXT.split(" ")), len(tokens)
+    assert (await sdk.threads.get(tid))["status"] == "idle"
+
+
+async def test_api_key_required(gateway):
+    import httpx
+    from langgraph_sdk import get_client
+
+    wrong = get_client(url=gateway.url, api_key="not-the-key")
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        await wrong.assistants.search()
+    assert err.value.response.status_code == 401
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        assert (await http.post("/assistants/search", json={})).status_code == 401
+        assert (await http.get("/ok")).status_code == 200  # probes need no key
+        ok = await http.post("/assistants/search", json={}, headers={"x-api-key": gateway.api_key})
+        assert ok.status_code == 200
+        assert DEEP in [a["assistant_id"] for a in ok.json()]

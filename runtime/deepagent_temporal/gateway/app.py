@@ -105,7 +105,8 @@ class Gateway:
             if outcome is not None:
                 yield "error", {"error": outcome[0], "message": outcome[1]}, segment.last_id()
             else:
-                yield "end", None, segment.last_id()
+                status = "interrupted" if segment.paused else "success"
+                yield "end", {"run_id": ref.run_id, "status": status}, segment.last_id()
             if delete_after:
                 with contextlib.suppress(Exception):
                     await self.threads.delete_execution(ref.thread_id, ref.temporal_run_id)

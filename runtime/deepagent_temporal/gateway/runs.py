@@ -107,10 +107,10 @@ class Runs:
         prior = None
         if desc is not None and desc.workflow_type != WORKFLOW_NAME:  # the placeholder
             prior = memo.get("values") or None
-            with contextlib.suppress(Exception):
-                await self.client.get_workflow_handle(thread_id).terminate(reason="first run")
         elif desc is not None:
             prior = await self._take_over(desc, body.get("multitask_strategy") or "reject")
+        if not stateless:
+            await self.threads.release(thread_id)
         created = now_iso()
         thread_meta = {
             **(memo.get("metadata") or {}),
@@ -285,10 +285,10 @@ class Runs:
     async def status(self, ref: RunRef) -> str:
         desc = await self.handle(ref).describe()
         status = desc.status.name if desc.status is not None else "RUNNING"
+        state = await self.threads.run_state(self.handle(ref))
+        if state is not None and state.segment > ref.segment:
+            return "interrupted"  # a later run resumed it: this one ended at an interrupt
         if status == "RUNNING":
-            state = await self.threads.run_state(self.handle(ref))
-            if state is not None and state.segment > ref.segment:
-                return "interrupted"  # a later run resumed it: this one ended at an interrupt
             if state is not None and state.status == "interrupted":
                 return "interrupted"
             return "running"

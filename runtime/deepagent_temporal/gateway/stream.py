@@ -107,6 +107,7 @@ class SegmentStream:
         self.redis_idle_at = -math.inf
         self.error: str | None = None
         self.ended_by_marker = False
+        self.paused = False
         self._replayed: dict[str, CallProgress] = {}
         self.pending_fill: dict[str, CallProgress] = dict(cursor.calls)
 
@@ -214,6 +215,7 @@ class SegmentStream:
         if kind == RUN_ERROR:
             self.error = str(data.get("data") or "run failed")
         if kind == RUN_PAUSE:
+            self.paused = True
             interrupts = {"__interrupt__": list((data.get("data") or {}).get("interrupts") or [])}
             if "updates" in modes:
                 return [("updates", interrupts)]

@@ -12,14 +12,16 @@ threads lists executions (Temporal visibility) and filters their memo in the gat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution as WorkflowExecutionProto
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from deepagent_temporal.contract import GET_STATE_QUERY, WORKFLOW_NAME, RunState
@@ -66,12 +68,32 @@ class Threads:
         self.client = client
 
     async def describe(self, thread_id: str) -> Any | None:
+        """The thread's latest execution; None if there is none or it was deleted."""
+        desc = await self._describe(thread_id)
+        if desc is not None and desc.workflow_type == THREAD_WORKFLOW:
+            if (await memo_of(desc)).get("deleted"):
+                return None
+        return desc
+
+    async def _describe(self, thread_id: str) -> Any | None:
         try:
             return await self.client.get_workflow_handle(thread_id).describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
+
+    async def release(self, thread_id: str) -> None:
+        """Before a new execution: stop the thread's placeholder or tombstone if any."""
+        desc = await self._describe(thread_id)
+        if (
+            desc is not None
+            and desc.workflow_type == THREAD_WORKFLOW
+            and desc.status is not None
+            and desc.status.name == "RUNNING"
+        ):
+            with contextlib.suppress(RPCError):
+                await self.client.get_workflow_handle(thread_id).terminate(reason="replaced")
 
     async def require(self, thread_id: str) -> Any:
         desc = await self.describe(check_id(thread_id))
@@ -93,6 +115,7 @@ class Threads:
                 return await self.as_json(desc)
             raise ApiError(409, f"Thread {thread_id} already exists")
         created = now_iso()
+        await self.release(thread_id)
         await self.client.start_workflow(
             THREAD_WORKFLOW,
             id=thread_id,
@@ -173,7 +196,7 @@ class Threads:
         skipped = 0
         for ex in rows:
             memo = await memo_of(ex)
-            if memo.get("stateless"):
+            if memo.get("stateless") or memo.get("deleted"):
                 continue
             meta = memo.get("metadata") or {}
             if any(meta.get(k) != v for k, v in wanted.items()):
@@ -191,18 +214,28 @@ class Threads:
         return list(await asyncio.gather(*(self.as_json(ex) for ex in out)))
 
     async def delete(self, thread_id: str) -> None:
+        """Delete the thread's executions and leave a tombstone.
+
+        Temporal deletes a closed execution asynchronously (it may stay visible for a
+        while); the tombstone, a ``DeepAgentThread`` execution with ``deleted`` in its
+        memo, makes the thread gone for every replica at once, and the next
+        ``POST /threads`` or run with that id replaces it.
+        """
         await self.require(thread_id)
         handle = self.client.get_workflow_handle(thread_id)
-        try:
+        with contextlib.suppress(RPCError):
             await handle.terminate(reason="thread deleted through the gateway")
-        except RPCError:
-            pass  # already closed
         runs = [ex.run_id async for ex in self.client.list_workflows(f"WorkflowId = '{thread_id}'")]
-        desc = await self.describe(thread_id)
-        if desc is not None and desc.run_id not in runs:
-            runs.append(desc.run_id)
         for run_id in runs:
             await self.delete_execution(thread_id, run_id)
+        await self.client.start_workflow(
+            THREAD_WORKFLOW,
+            id=thread_id,
+            task_queue=THREAD_TASK_QUEUE,
+            memo={"deleted": True, "created_at": now_iso()},
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            execution_timeout=timedelta(days=7),
+        )
 
     async def delete_execution(self, workflow_id: str, run_id: str | None) -> None:
         try:
