@@ -217,6 +217,47 @@ async def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- serve
+
+
+def _serve_parser(sub: Any, env: WorkerEnv) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP/SSE gateway speaking the LangGraph Agent Server protocol (docs/gateway.md)",
+    )
+    p.add_argument(
+        "--graph", default=env.graph, help="the graphs the workers serve (assistants), as theirs"
+    )
+    _add_connection_args(p, env)
+    p.add_argument("--host", default=env.gateway_host)
+    p.add_argument("--port", type=int, default=env.gateway_port)
+    p.add_argument("--api-keys-file", default=env.gateway_api_keys_file)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        from deepagent_temporal.gateway.server import serve
+    except ImportError as exc:
+        raise CliError(
+            f"serve needs the gateway extra (pip install 'deepagent-temporal[gateway]'): {exc}",
+            EXIT_USAGE,
+        ) from exc
+    for value, field in ((args.task_queue, "temporal_task_queue"), (args.graph, "graph")):
+        if not value:
+            raise CliError(f"serve needs {WorkerEnv.name(field)} (or its flag)", EXIT_USAGE)
+    _read(args.api_keys_file)  # CliError(2) when it cannot be read
+    client = await connect(args)
+    return await serve(
+        client,
+        graph=args.graph,
+        task_queue=args.task_queue,
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        api_keys_file=args.api_keys_file,
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -230,6 +271,7 @@ def build_parser(env: WorkerEnv | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _worker_parser(sub, env)
     _run_parser(sub, env)
+    _serve_parser(sub, env)
     d = sub.add_parser("demo", help="local Temporal + Redis + worker + example agent, one run")
     d.add_argument("--failover", action="store_true", help="kill Redis mid-answer")
     d.add_argument("question", nargs="?", default=None)
@@ -278,6 +320,8 @@ def _main(argv: list[str] | None) -> int:
             return asyncio.run(run_client(args))
         if args.command == "demo":
             return _demo(args)
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
