@@ -238,7 +238,7 @@ async def run_stream(request: Request) -> Response:
         ref,
         _modes(body),
         subgraphs=bool(body.get("stream_subgraphs")),
-        on_disconnect=body.get("on_disconnect") or ("cancel" if thread_id is None else "continue"),
+        on_disconnect=body.get("on_disconnect") or "continue",
         delete_after=thread_id is None and (body.get("on_completion") or "delete") == "delete",
     )
 
