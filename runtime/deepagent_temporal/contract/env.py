@@ -189,6 +189,68 @@ class WorkerEnv:
         10_000,
         "... or once its Event History has this many events (Temporal's limit: 51,200).",
     )
+    payload_s3_bucket: str | None = _var(
+        "DEEPAGENT_PAYLOAD_S3_BUCKET",
+        "str",
+        None,
+        "Payload storage: S3 bucket (it must exist) for payloads of "
+        "DEEPAGENT_PAYLOAD_THRESHOLD_BYTES or more, so that Event History keeps a reference "
+        "(Temporal external storage). Needed once a run's state nears Temporal's 2 MB payload "
+        "limit. Clients need the same payload settings. Unset: payloads stay in history, and "
+        "a state over the limit fails the run with a message saying so.",
+    )
+    payload_s3_endpoint: str | None = _var(
+        "DEEPAGENT_PAYLOAD_S3_ENDPOINT",
+        "str",
+        None,
+        "Payload storage: URL of an S3-compatible endpoint (`http://host:port`, path-style "
+        "requests). Unset: AWS S3 in DEEPAGENT_PAYLOAD_S3_REGION.",
+    )
+    payload_s3_region: str = _var(
+        "DEEPAGENT_PAYLOAD_S3_REGION", "str", "us-east-1", "Payload storage: the bucket's region."
+    )
+    payload_s3_prefix: str | None = _var(
+        "DEEPAGENT_PAYLOAD_S3_PREFIX",
+        "str",
+        None,
+        "Payload storage: prefix of the object keys (e.g. `deepagent/`); keep it as long as "
+        "stored payloads are read (their references omit it).",
+    )
+    payload_threshold_bytes: int = _var(
+        "DEEPAGENT_PAYLOAD_THRESHOLD_BYTES",
+        "int",
+        65536,
+        "Payload storage: payloads of this size or more (after compression) go to the bucket.",
+    )
+    payload_compression: str | None = _var(
+        "DEEPAGENT_PAYLOAD_COMPRESSION",
+        "str",
+        None,
+        "Compression of payloads of 1 KiB or more: `zstd`, `zlib` or `none`. Unset: `zstd` "
+        "when a payload bucket is set, else `none`. Clients need the same setting.",
+    )
+    aws_access_key_id: str | None = _var(
+        "AWS_ACCESS_KEY_ID",
+        "str",
+        None,
+        "Payload storage credentials: AWS's standard variable (not ours to name; the operator "
+        "sets it from spec.payloadStorage's credentials Secret). Unset: unsigned requests.",
+        secret=True,
+    )
+    aws_secret_access_key: str | None = _var(
+        "AWS_SECRET_ACCESS_KEY",
+        "str",
+        None,
+        "Payload storage credentials: AWS's standard variable, with AWS_ACCESS_KEY_ID.",
+        secret=True,
+    )
+    aws_session_token: str | None = _var(
+        "AWS_SESSION_TOKEN",
+        "str",
+        None,
+        "Payload storage credentials: AWS's standard variable, for temporary credentials.",
+        secret=True,
+    )
     gateway_port: int = _var(
         "DEEPAGENT_GATEWAY_PORT",
         "int",
