@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint e2e-kind images deps system-deps k8s-binaries clean
+.PHONY: demo test bench lint e2e-kind images deps system-deps k8s-binaries seaweedfs clean
 
 # Python environment: one editable install with every extra, rebuilt when pyproject changes.
 $(VENV)/.installed: pyproject.toml
@@ -24,7 +24,12 @@ k8s-binaries:
 	@if [ -n "$$USE_EXISTING_CLUSTER" ]; then echo "using existing cluster ($$KUBECONFIG)"; \
 	else bash tests/tools/build-k8s-binaries.sh; fi
 
-deps: $(VENV)/.installed system-deps k8s-binaries
+# weed (SeaweedFS, an S3-compatible server) for the payload storage tests, built once
+# from its Go module and cached by version.
+seaweedfs:
+	bash tests/tools/build-seaweedfs.sh
+
+deps: $(VENV)/.installed system-deps k8s-binaries seaweedfs
 
 ## demo: local Temporal + Redis + worker + example agent; streams one answer live.
 demo: $(VENV)/.installed system-deps

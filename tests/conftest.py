@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.harness.temporal",
     "tests.harness.redis",
     "tests.harness.k8s",
+    "tests.harness.s3",
 ]
