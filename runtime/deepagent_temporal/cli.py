@@ -70,10 +70,12 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 async def connect(args: argparse.Namespace) -> Any:
-    """Connect to Temporal with our data converter; CliError(3) when unreachable."""
+    """Connect to Temporal with our data converter (with the payload storage the env
+    configures, for the worker and the `run` client alike); CliError(3) when unreachable."""
     from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+    from deepagent_temporal import storage
     from deepagent_temporal.converter import data_converter
 
     tls: Any = False
@@ -92,7 +94,7 @@ async def connect(args: argparse.Namespace) -> Any:
                 namespace=args.namespace,
                 api_key=args.api_key or None,
                 tls=tls,
-                data_converter=data_converter,
+                data_converter=storage.apply(data_converter),
             ),
             timeout=args.connect_timeout,
         )

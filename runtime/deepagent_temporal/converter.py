@@ -68,6 +68,7 @@ import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
 
+from deepagent_temporal import storage as payload_storage
 from deepagent_temporal.contract import RunRequest, RunState, WorkerEnv
 
 ENCODING = "binary/langgraph-msgpack"
@@ -434,6 +435,16 @@ class DeepAgentPayloadConverter(temporalio.converter.CompositePayloadConverter):
         defaults.insert(json_index, LangGraphPayloadConverter())
         super().__init__(*defaults)
 
+    #: a payload Temporal would refuse fails with PayloadTooLargeError, which names the fix;
+    #: None with payload storage (deepagent_temporal.storage): large payloads go to S3
+    size_limit: int | None = payload_storage.TEMPORAL_PAYLOAD_LIMIT
+
+    def to_payloads(self, values: Any) -> list[Payload]:
+        payloads = super().to_payloads(values)
+        if self.size_limit:
+            payload_storage.check_payload_size(payloads, self.size_limit)
+        return payloads
+
 
 data_converter = dataclasses.replace(
     temporalio.converter.DataConverter.default,
@@ -448,17 +459,20 @@ def uses_our_converter(client: Any) -> bool:
 
 
 def with_data_converter(client: Any) -> Any:
-    """Return ``client`` itself if it already uses our converter, else a twin that does.
+    """Return ``client`` itself if it already uses our converter (and the payload storage
+    the environment configures, :mod:`deepagent_temporal.storage`), else a twin that does.
 
     The twin shares the connection (service client) of the original.
     """
-    if uses_our_converter(client):
+    ours = uses_our_converter(client)
+    if ours and not payload_storage.wanted(client.data_converter):
         return client
     from temporalio.client import Client
 
     config = client.config()
     dc = config.get("data_converter") or temporalio.converter.DataConverter.default
-    config["data_converter"] = dataclasses.replace(
-        dc, payload_converter_class=DeepAgentPayloadConverter
+    cls = dc.payload_converter_class if ours else DeepAgentPayloadConverter
+    config["data_converter"] = payload_storage.apply(
+        dataclasses.replace(dc, payload_converter_class=cls)
     )
     return Client(**config)
