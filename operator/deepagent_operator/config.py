@@ -26,10 +26,21 @@ MAX_BACKOFF_SECONDS_ENV = "DEEPAGENT_MAX_BACKOFF_SECONDS"
 WORKERS_ENV = "DEEPAGENT_WORKERS"
 METRICS_PORT_ENV = "DEEPAGENT_METRICS_PORT"
 LIVENESS_ENV = "DEEPAGENT_LIVENESS"
+REDIS_PROBE_TIMEOUT_ENV = "DEEPAGENT_REDIS_PROBE_TIMEOUT"
+# Where the operator's own pod runs (the chart sets both): Managed Redis NetworkPolicies admit
+# it, for the AUTH + PING readiness check.
+OPERATOR_NAMESPACE_ENV = "DEEPAGENT_OPERATOR_NAMESPACE"
+OPERATOR_POD_LABELS_ENV = "DEEPAGENT_OPERATOR_POD_LABELS"
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _labels(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``k=v,k2=v2`` -> ((k, v), (k2, v2))."""
+    pairs = (p.partition("=") for p in _split(value))
+    return tuple(sorted((k.strip(), v.strip()) for k, sep, v in pairs if sep and k.strip()))
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -62,6 +73,11 @@ class OperatorConfig:
     workers: int = 16
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = 0
+    #: Seconds the AUTH + PING readiness check of a Managed Redis may take.
+    redis_probe_timeout: float = 2.0
+    #: Namespace and pod labels of the operator's own pod; empty when unknown (outside a pod).
+    operator_namespace: str = ""
+    operator_pod_labels: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -79,6 +95,9 @@ class OperatorConfig:
             max_backoff_seconds=_float(env, MAX_BACKOFF_SECONDS_ENV, 300.0),
             workers=int(_float(env, WORKERS_ENV, 16)),
             metrics_port=int(_float(env, METRICS_PORT_ENV, 0)),
+            redis_probe_timeout=_float(env, REDIS_PROBE_TIMEOUT_ENV, 2.0),
+            operator_namespace=env.get(OPERATOR_NAMESPACE_ENV, ""),
+            operator_pod_labels=_labels(env.get(OPERATOR_POD_LABELS_ENV)),
         )
 
     def with_overrides(self, **kw: object) -> OperatorConfig:

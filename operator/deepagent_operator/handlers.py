@@ -6,7 +6,12 @@
 * watch events of the children (server-side filtered by the managed-by label) ->
   status refresh, or a full reconcile when a child was deleted or edited by hand;
 * a periodic resync (background task, no finalizer needed) re-reads referenced Secrets /
-  ConfigMaps and repairs drift that produced no event.
+  ConfigMaps (and the Managed Redis password Secret), repairs drift that produced no event,
+  and drops the in-memory state of agents that no longer exist.
+
+Secrets are never watched or listed (that would need ``list`` on every Secret in scope);
+kopf's cluster scanning (CRDs, namespaces) is off: the operator needs no cluster-scoped
+permission when it watches a list of namespaces (the DeepAgent CRD must exist before it starts).
 
 No handler needs a finalizer: children are garbage-collected through ownerReferences, so a
 DeepAgent can be deleted even while the operator is down. The startup handler also serves
@@ -35,7 +40,6 @@ CHILD_RESOURCES = {
     "Deployment": ("apps", "v1", "deployments"),
     "StatefulSet": ("apps", "v1", "statefulsets"),
     "Service": ("", "v1", "services"),
-    "Secret": ("", "v1", "secrets"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
 }
@@ -62,6 +66,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         prefix="deepagent.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "deepagent.dev/finalizer"
+    # No CRD or namespace watching: no cluster-scoped permissions in namespaced mode.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = int(config.watch_server_timeout)
     settings.watching.client_timeout = config.watch_client_timeout
     settings.watching.connect_timeout = config.connect_timeout
@@ -183,6 +189,9 @@ async def _resync_loop(memo: kopf.Memo) -> None:
                 bodies += await asyncio.to_thread(
                     lambda ns=ns: list(memo.reconciler.kube.list("DeepAgent", ns))
                 )
+            memo.reconciler.retain(
+                {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+            )
             bodies = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
             await asyncio.gather(*(one(b) for b in bodies))
             memo.reconciler.metrics.resyncs.inc()

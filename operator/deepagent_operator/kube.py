@@ -152,14 +152,25 @@ class Kube:
                 return
             query["continue"] = cont
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], manager: str = MANAGER) -> dict[str, Any]:
+        """Server-side apply (force: the operator's fields are its own)."""
         meta = obj["metadata"]
         return self.request(
             "PATCH",
             self.path(obj["kind"], meta["namespace"], meta["name"]),
-            query={"fieldManager": MANAGER, "force": "true"},
+            query={"fieldManager": manager, "force": "true"},
             body=obj,
             content_type="application/apply-patch+yaml",
+        )[1]
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (``metadata.resourceVersion`` in it makes it conditional)."""
+        return self.request(
+            "PATCH",
+            self.path(kind, namespace, name),
+            query={"fieldManager": MANAGER},
+            body=patch,
+            content_type="application/merge-patch+json",
         )[1]
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:

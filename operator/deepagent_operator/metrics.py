@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
 
 PREFIX = "deepagent_operator"
@@ -61,6 +61,17 @@ class OperatorMetrics:
             "api_writes_total",
             "Successful writes to the Kubernetes API by method and resource.",
             ("method", "resource"),
+        )
+
+        self.tracked_agents = Gauge(
+            f"{PREFIX}_tracked_agents",
+            "DeepAgents the operator keeps in-memory state for (drops to 0 once all are gone).",
+            registry=self.registry,
+        )
+        self.agent_locks = Gauge(
+            f"{PREFIX}_agent_locks",
+            "Per-agent locks held or waited for right now.",
+            registry=self.registry,
         )
 
     def _counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:

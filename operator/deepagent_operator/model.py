@@ -11,6 +11,7 @@ Descriptions name the worker variables through ``WorkerEnv`` (the runtime's cont
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -27,8 +28,11 @@ from .corev1 import (
     Quantity,
     ResourceRequirements,
     SecretKeySelector,
+    as_quantity,
+    check_string_map,
     name_field,
     quantity_field,
+    string_map_field,
 )
 
 # `package.module:attribute` (attribute may be dotted, e.g. `pkg.mod:Factory.build`).
@@ -45,6 +49,26 @@ _env = WorkerEnv.name  # the worker variable a field sets, for its description
 
 # Longest DeepAgent name: `<name>-redis-<controller-revision-hash>` must stay a valid label.
 MAX_NAME_LENGTH = 40
+# With Managed Redis the name starts the Service name `<name>-redis`: a DNS-1035 label.
+DNS1035_LABEL_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MANAGED_REDIS_NAME_MESSAGE = (
+    "metadata.name: with spec.streaming.redis.mode Managed the name must be a DNS-1035 label "
+    "(lowercase letters, digits and '-', starting with a letter, no dots): "
+    "the Redis Service <name>-redis is named after it"
+)
+
+
+def check_name(name: str, spec: DeepAgentSpec) -> None:
+    """Raise :class:`SpecError` when ``name`` cannot name this spec's children (the mirror of
+    the CRD's rule on ``metadata.name``, for objects created before that rule existed)."""
+    if spec.streaming.redis.mode == "Managed" and not re.match(DNS1035_LABEL_PATTERN, name):
+        raise SpecError(
+            "metadata.name",
+            MANAGED_REDIS_NAME_MESSAGE.removeprefix("metadata.name: "),
+            "recreate the DeepAgent under such a name, or use spec.streaming.redis.mode "
+            "External or Disabled",
+            reason="InvalidName",
+        )
 
 
 class SpecError(Exception):
@@ -94,12 +118,38 @@ StorageType = Literal["EmptyDir", "PersistentVolumeClaim"]
 
 
 class RedisStorage(KubeModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.type) || self.type != 'PersistentVolumeClaim' || !has(self.size) "
+                    "|| !isQuantity(string(self.size)) "
+                    "|| quantity(string(self.size)).isGreaterThan(quantity('0'))",
+                    "message": "spec.streaming.redis.storage.size: a PersistentVolumeClaim "
+                    "needs a size greater than zero",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    )
+
     type: StorageType = Field(
         default="EmptyDir",
         description="EmptyDir (streams are short-lived; default) or PersistentVolumeClaim.",
     )
     size: Quantity = quantity_field(default="1Gi", description="Size of the PVC.")
     storage_class_name: str | None = Field(default=None, max_length=253)
+
+    @model_validator(mode="after")
+    def _positive_size(self) -> RedisStorage:
+        if self.type == "PersistentVolumeClaim":
+            size = as_quantity(self.size)
+            if size is None or size <= 0:
+                raise ValueError(
+                    "spec.streaming.redis.storage.size: a PersistentVolumeClaim "
+                    "needs a size greater than zero"
+                )
+        return self
 
 
 class RedisSpec(KubeModel):
@@ -206,6 +256,12 @@ class AutoscalingSpec(KubeModel):
         return self
 
 
+AUTOSCALING_NEEDS_CPU = (
+    "spec.autoscaling: the HorizontalPodAutoscaler scales on CPU utilization, a percentage of "
+    "the CPU request: set spec.resources.requests.cpu"
+)
+
+
 class DeepAgentSpec(KubeModel):
     """Desired state of a DeepAgent: a worker Deployment for one graph (plus optional Redis)."""
 
@@ -217,7 +273,13 @@ class DeepAgentSpec(KubeModel):
                     "message": "spec.replicas and spec.autoscaling are mutually exclusive: "
                     "remove spec.replicas when spec.autoscaling is set",
                     "reason": "FieldValueForbidden",
-                }
+                },
+                {
+                    "rule": "!has(self.autoscaling) || (has(self.resources) "
+                    "&& has(self.resources.requests) && 'cpu' in self.resources.requests)",
+                    "message": AUTOSCALING_NEEDS_CPU,
+                    "reason": "FieldValueRequired",
+                },
             ]
         }
     )
@@ -277,8 +339,11 @@ class DeepAgentSpec(KubeModel):
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU/memory requests and limits of each worker."
     )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Node labels the worker pods must match."
+    node_selector: dict[str, str] | None = string_map_field(
+        "Node labels the worker pods must match.",
+        "spec.nodeSelector",
+        label_values=True,
+        max_items=64,
     )
     tolerations: list[dict[str, Any]] | None = Field(
         default=None,
@@ -300,11 +365,14 @@ class DeepAgentSpec(KubeModel):
         pattern=NAME_PATTERN,
         description="ServiceAccount of the worker pods (default: none, no API token mounted).",
     )
-    pod_annotations: dict[str, str] | None = Field(
-        default=None, description="Extra annotations of the worker pods."
+    pod_annotations: dict[str, str] | None = string_map_field(
+        "Extra annotations of the worker pods.",
+        "spec.podAnnotations",
+        label_values=False,
+        max_items=128,
     )
-    pod_labels: dict[str, str] | None = Field(
-        default=None, description="Extra labels of the worker pods."
+    pod_labels: dict[str, str] | None = string_map_field(
+        "Extra labels of the worker pods.", "spec.podLabels", label_values=True, max_items=64
     )
     health_port: int = Field(
         default=8080, ge=1, le=65535, description=f"{_env('health_port')} (/healthz, /readyz)."
@@ -321,6 +389,17 @@ class DeepAgentSpec(KubeModel):
                 "spec.replicas and spec.autoscaling are mutually exclusive: "
                 "remove spec.replicas when spec.autoscaling is set"
             )
+        if self.autoscaling is not None and "cpu" not in (
+            (self.resources.requests if self.resources else None) or {}
+        ):
+            raise ValueError(AUTOSCALING_NEEDS_CPU)
+        return self
+
+    @model_validator(mode="after")
+    def _label_maps(self) -> DeepAgentSpec:
+        check_string_map("spec.podLabels", self.pod_labels, label_values=True)
+        check_string_map("spec.podAnnotations", self.pod_annotations, label_values=False)
+        check_string_map("spec.nodeSelector", self.node_selector, label_values=True)
         return self
 
 

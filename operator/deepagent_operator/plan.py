@@ -18,9 +18,9 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from .children import HASH_ANNOTATION, redis_name, task_queue, worker_name
+from .children import HASH_ANNOTATION, redis_name, redis_secret_name, task_queue, worker_name
 from .model import STATUS_KEYS, DeepAgentSpec, SpecError
-from .status import compute_status
+from .status import ProbeResult, compute_status
 
 #: (kind, name) of a child in the DeepAgent's namespace
 ChildKey = tuple[str, str]
@@ -95,10 +95,119 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(r.get("uid") == uid for r in refs)
 
 
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """True when the object with this uid is ``obj``'s controller (ownerReference with
+    ``controller: true``): only then may the operator change or delete ``obj``."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") is True for r in refs)
+
+
+def find_conflicts(
+    wanted: Sequence[ChildKey], observed: Mapping[ChildKey, Mapping[str, Any] | None], uid: str
+) -> list[ChildKey]:
+    """The wanted children whose name is taken by an object this DeepAgent does not control."""
+    return [
+        key
+        for key in wanted
+        if (live := observed.get(key)) is not None and not controlled_by(live, uid)
+    ]
+
+
+def not_owned_error(conflicts: Sequence[ChildKey]) -> SpecError:
+    """The condition for children that exist but belong to someone else (never adopted,
+    never overwritten, never deleted: the DeepAgent waits until the name is free)."""
+    objects = " and ".join(f"{kind} {name}" for kind, name in conflicts)
+    one = len(conflicts) == 1
+    return SpecError(
+        "metadata.name",
+        f"{objects} already {'exists and is' if one else 'exist and are'} not controlled by "
+        "this DeepAgent; the operator leaves "
+        f"{'it' if one else 'them'} untouched and writes no children until the name is free",
+        f"rename the DeepAgent (child names derive from it), or delete {objects} "
+        f"if {'it is a leftover' if one else 'they are leftovers'}",
+        reason="ChildNotOwned",
+    )
+
+
+#: What the API server says when a write changes a field that cannot change.
+IMMUTABLE = ("field is immutable", "updates to statefulset spec for fields other than")
+
+
+def rejection_error(kind: str, name: str, message: str) -> SpecError:
+    """The condition for a child write the API server refused (HTTP 400 / 422): its own
+    message, so the user sees what Kubernetes objects to."""
+    if kind == "StatefulSet" and any(text in message for text in IMMUTABLE):
+        return SpecError(
+            "spec.streaming.redis.storage",
+            f"cannot update StatefulSet {name}: {message}",
+            f"delete StatefulSet {name} to recreate it (PVCs are kept)",
+            reason="ImmutableField",
+        )
+    return SpecError(
+        "spec",
+        f"the API server rejected {kind} {name}: {message}",
+        "fix the DeepAgent field that the message's field path comes from",
+        reason="ChildRejected",
+    )
+
+
+# -- replicas when an HPA takes over ---------------------------------------------------------
+def owns_field(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
+    """True when ``manager`` owns the field ``path`` of ``obj`` through server-side apply."""
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        if entry.get("subresource"):
+            continue
+        node: Any = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
+
+
+def replicas_handoff(
+    spec: DeepAgentSpec, live: Mapping[str, Any] | None, manager: str
+) -> int | None:
+    """The replica count to hand to the HPA before the operator stops applying ``replicas``.
+
+    With autoscaling the Deployment manifest has no ``replicas``; if the operator's apply
+    owned the field, dropping it would reset the Deployment to 1 pod. So the count is first
+    applied by a second field manager (at least the HPA's minReplicas, never less than now),
+    which keeps it until the HPA changes it. None: nothing to hand over.
+    """
+    if (
+        spec.autoscaling is None
+        or live is None
+        or not owns_field(live, manager, "spec", "replicas")
+    ):
+        return None
+    current = (live.get("spec") or {}).get("replicas")
+    current = 1 if current is None else int(current)
+    return max(current, spec.autoscaling.min_replicas)
+
+
 # -- children ------------------------------------------------------------------------------
 def child_key(obj: Mapping[str, Any]) -> ChildKey:
     """(kind, name) of a manifest."""
     return obj["kind"], obj["metadata"]["name"]
+
+
+def wanted_children(name: str, spec: DeepAgentSpec) -> list[ChildKey]:
+    """Every child this spec asks for, the Redis password Secret included."""
+    wanted: list[ChildKey] = []
+    if spec.streaming.redis.mode == "Managed":
+        wanted += [
+            ("Service", redis_name(name)),
+            ("StatefulSet", redis_name(name)),
+            ("NetworkPolicy", redis_name(name)),
+            ("Secret", redis_secret_name(name)),
+        ]
+    wanted.append(("Deployment", worker_name(name)))
+    if spec.autoscaling is not None:
+        wanted.append(("HorizontalPodAutoscaler", worker_name(name)))
+    return wanted
 
 
 def unwanted_children(name: str, spec: DeepAgentSpec) -> list[ChildKey]:
@@ -124,8 +233,10 @@ class ChildPlan:
     apply: list[dict[str, Any]]
     #: kind -> live object that already matches its manifest
     unchanged: dict[str, dict[str, Any]]
-    #: unwanted children that exist and are owned by this DeepAgent
+    #: unwanted children that exist and are controlled by this DeepAgent
     delete: list[ChildKey]
+    #: desired children whose name is taken by an object this DeepAgent does not control
+    conflicts: list[ChildKey] = dataclasses.field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -142,20 +253,29 @@ def plan_children(
     """Compare desired manifests and unwanted children with the ``observed`` live objects.
 
     ``observed`` maps (kind, name) to the live object, None when it does not exist; an
-    unwanted child that was not observed is left alone.
+    unwanted child that was not observed is left alone, and so is any object this DeepAgent
+    does not control. While a desired child's name is taken by such an object nothing is
+    applied: the workers must not be pointed at, e.g., someone else's Service.
     """
     apply: list[dict[str, Any]] = []
     unchanged: dict[str, dict[str, Any]] = {}
+    conflicts = find_conflicts([child_key(o) for o in desired], observed, uid)
     for obj in desired:
         live = observed.get(child_key(obj))
+        if child_key(obj) in conflicts:
+            continue
         if live is not None and is_subset(obj, live):
             unchanged[obj["kind"]] = dict(live)
         else:
             apply.append(obj)
     delete = [
-        key for key in unwanted if (live := observed.get(key)) is not None and owned_by(live, uid)
+        key
+        for key in unwanted
+        if (live := observed.get(key)) is not None and controlled_by(live, uid)
     ]
-    return ChildPlan(apply=apply, unchanged=unchanged, delete=delete)
+    if conflicts:
+        apply = []
+    return ChildPlan(apply=apply, unchanged=unchanged, delete=delete, conflicts=conflicts)
 
 
 def write_event(
@@ -283,6 +403,7 @@ def plan_status(
     keep_spec_condition: bool = False,
     config_hash: str | None = None,
     now: str | None = None,
+    redis_probe: ProbeResult | None = None,
 ) -> StatusPlan:
     """The status from the observed children, and how to get there from ``previous``."""
     status = compute_status(
@@ -299,6 +420,7 @@ def plan_status(
         keep_spec_condition=keep_spec_condition,
         config_hash=config_hash,
         now=now,
+        redis_probe=redis_probe,
     )
     patch = merge_patch(previous, status, STATUS_KEYS)
     return StatusPlan(

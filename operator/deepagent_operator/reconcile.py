@@ -5,14 +5,18 @@ resync) ends in :meth:`Reconciler.reconcile` or :meth:`Reconciler.refresh_status
 serialised per DeepAgent by a lock. They read what the plan needs, write what it decides
 (server-side apply of drifted children, deletes, a status merge patch) and post events;
 re-running with nothing changed (e.g. after an operator restart) makes zero writes.
+
+The operator never writes an object its DeepAgent does not control (ownerReference with the
+agent's uid and ``controller: true``): such a name conflict becomes ``SpecValid=False``
+(``ChildNotOwned``). A child write the API server refuses becomes ``SpecValid=False`` with
+the server's message, and the same manifest is not written again before its back-off ends.
 """
 
 from __future__ import annotations
 
-import base64
-import collections
+import hashlib
+import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,11 +24,10 @@ from typing import Any
 
 import pydantic
 
-from . import API_VERSION, KIND, MANAGER
+from . import MANAGER
 from .children import (
     AGENT_LABEL,
     build_children,
-    build_redis_secret,
     check_references,
     config_hash,
     redis_name,
@@ -35,41 +38,56 @@ from .children import (
     worker_name,
 )
 from .config import OperatorConfig
+from .events import EventFn, post_event
 from .kube import ApiError, Kube
 from .metrics import OperatorMetrics
-from .model import DeepAgentSpec, SpecError, format_validation_error, parse_spec
+from .model import DeepAgentSpec, SpecError, check_name, format_validation_error, parse_spec
 from .plan import (
     ChildKey,
     StatusInputs,
     child_key,
     delete_event,
+    find_conflicts,
+    not_owned_error,
     plan_children,
     plan_status,
+    rejection_error,
+    replicas_handoff,
     status_digest,
     unwanted_children,
+    wanted_children,
     write_event,
 )
-from .status import now_iso
+from .redis_auth import (
+    Probe,
+    data_of,
+    ensure_redis_secret,
+    owned_redis_auth,
+    probe_managed_redis,
+    probe_redis,
+)
+from .state import AgentKey, AgentLocks, AgentState, AgentStates, Rejection
 
 log = logging.getLogger("deepagent_operator")
 
-EventFn = Callable[[Mapping[str, Any], str, str, str], None]
+#: Field manager that holds the worker replica count while an HPA takes it over.
+HANDOFF_MANAGER = f"{MANAGER}-replicas-handoff"
+#: HTTP codes of a child write that the API server refused as invalid.
+REJECTED = (400, 422)
 
 
-def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
+def _digest(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _replicas_manifest(obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+    meta = obj["metadata"]
     return {
-        "apiVersion": body.get("apiVersion", API_VERSION),
-        "kind": body.get("kind", KIND),
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": replicas},
     }
-
-
-def _kopf_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Post through kopf's event queue (raises LookupError outside kopf's handler context)."""
-    import kopf
-
-    kopf.event(_ref(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
 
 
 class Reconciler:
@@ -81,63 +99,42 @@ class Reconciler:
         config: OperatorConfig,
         event: EventFn | None = None,
         metrics: OperatorMetrics | None = None,
+        redis_probe: Probe | None = None,
     ):
         self.kube = kube
         self.config = config
         self._event_fn = event
         self.metrics = metrics or OperatorMetrics()
-        self._locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
-        self._refresh_pending: set[tuple[str, str]] = set()
-        #: (kind, ns, name) of the children that exist, as far as the child watch knows.
-        self.seen: set[tuple[str, str, str]] = set()
-        #: (kind, ns, name) -> the fields of a child that the status depends on, last seen.
-        self._child_digests: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-        #: (ns, name, uid) -> the status this process last wrote (fresher than any snapshot).
-        self._written: dict[tuple[str, str, Any], dict[str, Any]] = {}
-        #: (kind, ns, name) -> metadata.generation last written or seen by the operator.
-        self.generations: dict[tuple[str, str, str], int] = {}
+        #: (host, port, password, timeout) -> ProbeResult: the AUTH + PING of a Managed Redis
+        self.probe = redis_probe or probe_redis
+        self.locks = AgentLocks()
+        self.agents = AgentStates()
+        self._refresh_pending: set[AgentKey] = set()
+        self._pending_guard = threading.Lock()
+        self.metrics.tracked_agents.set_function(lambda: len(self.agents))
+        self.metrics.agent_locks.set_function(lambda: len(self.locks))
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the DeepAgent (kopf's queue in handlers, else a direct POST)."""
         if self._event_fn is not None:
             self._event_fn(body, type_, reason, message)
-            return
-        try:
-            _kopf_event(body, type_, reason, message)
-            return
-        except LookupError:  # resync loop / outside kopf's per-object context
-            pass
-        meta = body.get("metadata") or {}
-        now = now_iso()
-        try:
-            self.kube.create(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Event",
-                    "metadata": {
-                        "generateName": f"{meta.get('name')}.",
-                        "namespace": meta.get("namespace"),
-                    },
-                    "involvedObject": _ref(body)["metadata"]
-                    | {"apiVersion": API_VERSION, "kind": KIND},
-                    "type": type_,
-                    "reason": reason,
-                    "message": message[:1000],
-                    "source": {"component": MANAGER},
-                    "reportingComponent": MANAGER,
-                    "reportingInstance": socket.gethostname(),
-                    "firstTimestamp": now,
-                    "lastTimestamp": now,
-                    "count": 1,
-                }
-            )
-        except Exception:  # events are best effort
-            log.debug("could not post event %s %s", reason, message, exc_info=True)
+        else:
+            post_event(self.kube, body, type_, reason, message)
 
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[(namespace, name)]
+    def _child_written(self, body: Mapping[str, Any]) -> Callable[[str, str], None]:
+        def written(reason: str, message: str) -> None:
+            self.metrics.child_writes.inc()
+            self.event(body, "Normal", reason, message)
+
+        return written
+
+    def state_size(self) -> dict[str, int]:
+        """How much per-agent state is held (zero once every agent is gone)."""
+        return {
+            "agents": len(self.agents),
+            "locks": len(self.locks),
+            "refresh_pending": len(self._refresh_pending),
+        }
 
     # -- full reconcile -------------------------------------------------------------
     def reconcile(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
@@ -148,8 +145,7 @@ class Reconciler:
         Raises :class:`SpecError` (after writing a Failed condition) on semantic errors.
         """
         meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        with self._lock(ns, name):
+        with self.locks.hold((meta["namespace"], meta["name"])):
             start = time.monotonic()
             try:
                 return self._reconcile_locked(body, thorough)
@@ -158,7 +154,7 @@ class Reconciler:
 
     def _parse(self, body: Mapping[str, Any]) -> DeepAgentSpec:
         try:
-            return parse_spec(body.get("spec"))
+            spec = parse_spec(body.get("spec"))
         except pydantic.ValidationError as exc:
             field, msg = format_validation_error(exc)
             raise SpecError(
@@ -167,24 +163,19 @@ class Reconciler:
                 f"fix {field} (see `kubectl explain deepagent.spec`)",
                 reason="InvalidSpec",
             ) from None
+        check_name(body["metadata"]["name"], spec)
+        return spec
 
     def _data(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
         obj = self.kube.get(kind, ns, name)
-        if obj is None:
-            return None
-        data = dict(obj.get("data") or {})
-        if kind == "Secret":
-            for k, v in (obj.get("stringData") or {}).items():
-                data[k] = base64.b64encode(v.encode()).decode()
-        else:
-            for k, v in (obj.get("binaryData") or {}).items():
-                data[k] = v
-        return data
+        return None if obj is None else data_of(obj)
 
     def _reconcile_locked(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        state = self.agents.get((ns, name))
         spec: DeepAgentSpec | None = None
+        redis_auth: dict[str, Any] | None = None
         try:
             spec = self._parse(body)
             resolve_image(spec, self.config)
@@ -194,40 +185,48 @@ class Reconciler:
                 if (ref.kind, ref.name) not in ref_data:
                     ref_data[(ref.kind, ref.name)] = self._data(ref.kind, ns, ref.name)
             check_references(spec, ref_data)
+            # Every child name is checked before anything is written: an object this agent
+            # does not control is never overwritten, adopted or deleted.
+            unwanted = [
+                key for key in unwanted_children(name, spec) if thorough or key in state.seen
+            ]
+            observed: dict[ChildKey, dict[str, Any] | None] = {
+                key: self.kube.get(key[0], ns, key[1])
+                for key in [*wanted_children(name, spec), *unwanted]
+            }
+            conflicts = find_conflicts(wanted_children(name, spec), observed, uid)
+            if conflicts:
+                raise not_owned_error(conflicts)
             if spec.streaming.redis.mode == "Managed":
-                ref_data[("Secret", redis_secret_name(name))] = self._ensure_redis_secret(body)
+                sname = redis_secret_name(name)
+                redis_auth = ensure_redis_secret(
+                    self.kube, body, observed[("Secret", sname)], self._child_written(body)
+                )
+                ref_data[("Secret", sname)] = redis_auth
             hash_ = config_hash(spec, self.config, ref_data)
-            desired = build_children(body, spec, self.config, hash_)
+            desired = build_children(body, spec, self.config, hash_, redis_auth)
+            # (Unwanted children are looked up only if the child watch has seen them, or
+            # always on the periodic resync, ``thorough``, which also catches missed events.)
+            plan = plan_children(desired, unwanted, observed, uid)
+            live = dict(plan.unchanged)
+            for obj in plan.apply:
+                live[obj["kind"]] = self._apply(body, spec, state, obj, observed[child_key(obj)])
         except SpecError as err:
             self.metrics.spec_errors.inc()
-            self._write_status(body, spec, error=err, fetch=True)
+            self._write_status(body, spec, error=err, fetch=True, redis_auth=redis_auth)
             raise
 
-        # Unwanted children are looked up only if the child watch has seen them, or always
-        # on the periodic resync (``thorough``), which also catches missed events.
-        unwanted = [
-            key
-            for key in unwanted_children(name, spec)
-            if thorough or (key[0], ns, key[1]) in self.seen
-        ]
-        observed: dict[ChildKey, dict[str, Any] | None] = {
-            key: self.kube.get(key[0], ns, key[1]) for key in [*map(child_key, desired), *unwanted]
-        }
-        plan = plan_children(desired, unwanted, observed, uid)
-        live = dict(plan.unchanged)
-        for obj in plan.apply:
-            live[obj["kind"]] = self._apply(body, spec, obj, observed.get(child_key(obj)))
         for kind, cname in plan.delete:
             self.kube.delete(kind, ns, cname)
-            self.seen.discard((kind, ns, cname))
+            state.seen.discard((kind, cname))
             self.metrics.child_writes.inc()
             self.event(body, "Normal", *delete_event(kind, cname))
         for obj in desired:
-            kind, cname = child_key(obj)
-            self.seen.add((kind, ns, cname))
-            gen = (live[kind].get("metadata") or {}).get("generation")
+            key = child_key(obj)
+            state.seen.add(key)
+            gen = (live[key[0]].get("metadata") or {}).get("generation")
             if gen is not None:
-                self.generations[(kind, ns, cname)] = gen
+                state.generations[key] = gen
         return self._write_status(
             body,
             spec,
@@ -235,54 +234,56 @@ class Reconciler:
             deployment=live.get("Deployment"),
             statefulset=live.get("StatefulSet"),
             config_hash_=hash_,
+            redis_auth=redis_auth,
         )
 
     def _apply(
         self,
         body: Mapping[str, Any],
         spec: DeepAgentSpec,
+        state: AgentState,
         obj: dict[str, Any],
         before: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        """Server-side apply one child; returns the live object."""
-        kind, cname = child_key(obj)
+        """Server-side apply one child; returns the live object.
+
+        A manifest the API server refused is not sent again before its back-off ends (the
+        stored error is raised instead); a changed manifest is sent at once.
+        """
+        key = child_key(obj)
+        digest = _digest(obj)
+        rejected = state.rejections.get(key)
+        if rejected is not None and rejected.digest == digest:
+            if time.monotonic() < rejected.retry_at:
+                raise rejected.error
+        else:
+            rejected = None
+        handoff = replicas_handoff(spec, before, MANAGER) if key[0] == "Deployment" else None
         try:
+            if handoff is not None:
+                # The HPA takes the replica count over: keep it where it is meanwhile.
+                self.kube.apply(_replicas_manifest(obj, handoff), manager=HANDOFF_MANAGER)
+                self.metrics.child_writes.inc()
             new = self.kube.apply(obj)
         except ApiError as e:
-            if e.status == 422 and kind == "StatefulSet" and before is not None:
-                err = SpecError(
-                    "spec.streaming.redis.storage",
-                    f"cannot update StatefulSet {cname}: {e.message}",
-                    f"delete StatefulSet {cname} to recreate it (PVCs are kept)",
-                    reason="ImmutableField",
-                )
-                self._write_status(body, spec, error=err, statefulset=before, fetch=True)
-                raise err from None
-            raise
+            if e.status not in REJECTED:
+                raise
+            attempts = rejected.attempts + 1 if rejected is not None else 1
+            delay = min(self.config.max_backoff_seconds, 5.0 * 2 ** min(attempts - 1, 16))
+            err = rejection_error(key[0], key[1], e.message or str(e))
+            state.rejections[key] = Rejection(digest, err, attempts, time.monotonic() + delay)
+            raise err from None
+        state.rejections.pop(key, None)
         self.metrics.child_writes.inc()
-        self.event(body, "Normal", *write_event(kind, cname, before, obj))
+        self.event(body, "Normal", *write_event(key[0], key[1], before, obj))
+        autoscaling = spec.autoscaling
+        if key[0] == "Deployment" and before is None and autoscaling is not None:
+            # A new Deployment starts with 1 pod; the HPA's minimum applies from the start.
+            if int((new.get("spec") or {}).get("replicas") or 1) < autoscaling.min_replicas:
+                manifest = _replicas_manifest(obj, autoscaling.min_replicas)
+                new = self.kube.apply(manifest, manager=HANDOFF_MANAGER)
+                self.metrics.child_writes.inc()
         return new
-
-    def _ensure_redis_secret(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create ``<name>-redis-auth`` with a fresh password once; never rewrite it."""
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        data = self._data("Secret", ns, redis_secret_name(name))
-        if data is not None:
-            return data
-        secret = build_redis_secret(body)
-        created = self.kube.create(secret)
-        self.metrics.child_writes.inc()
-        if created is not None:
-            self.event(
-                body,
-                "Normal",
-                "Created",
-                f"created Secret {redis_secret_name(name)} with a generated Redis password",
-            )
-            return dict(created.get("data") or {})
-        # Lost a race with another reconcile: use whatever exists now.
-        return self._data("Secret", ns, redis_secret_name(name)) or {}
 
     # -- status ---------------------------------------------------------------------
     def _write_status(
@@ -296,19 +297,28 @@ class Reconciler:
         fetch: bool = False,
         keep_spec_condition: bool = False,
         config_hash_: str | None = None,
+        redis_auth: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Compute the status and patch it if it changed; ``fetch`` reads missing children."""
+        """Compute the status and patch it if it changed; ``fetch`` reads missing children
+        (and the auth Secret, for the Redis probe)."""
         meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         inputs = StatusInputs.of(body, spec)
+        probe = None
         if fetch:
             deployment = deployment or self.kube.get("Deployment", ns, worker_name(name))
             if inputs.redis_mode == "Managed":
                 statefulset = statefulset or self.kube.get("StatefulSet", ns, redis_name(name))
+        if inputs.redis_mode == "Managed" and statefulset is not None:
+            if redis_auth is None and fetch:
+                redis_auth = owned_redis_auth(self.kube, ns, name, uid)
+            timeout = self.config.redis_probe_timeout
+            probe = probe_managed_redis(self.probe, timeout, ns, name, statefulset, redis_auth)
         # The body may be an old snapshot (kopf handler, queued event): the status this
         # operator wrote last for this very object is fresher.
-        key = (ns, name, meta.get("uid"))
-        previous = self._written.get(key) or body.get("status") or {}
+        state = self.agents.get((ns, name))
+        written = state.written
+        previous = written[1] if written and written[0] == uid else body.get("status") or {}
         plan = plan_status(
             inputs,
             deployment=deployment,
@@ -317,6 +327,7 @@ class Reconciler:
             previous=previous,
             keep_spec_condition=keep_spec_condition,
             config_hash=config_hash_,
+            redis_probe=probe,
         )
         if plan.patch:
             try:
@@ -324,12 +335,12 @@ class Reconciler:
             except ApiError as e:
                 if e.status != 404:
                     raise
-                self._written.pop(key, None)
+                self.agents.drop((ns, name))  # the agent is gone
                 return plan.status
             self.metrics.status_writes.inc()
             for type_, reason, message in plan.events:
                 self.event(body, type_, reason, message)
-        self._written[key] = plan.status
+        state.written = (uid, plan.status)
         return plan.status
 
     def refresh_status(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -341,34 +352,48 @@ class Reconciler:
         changes of every event that arrived before it starts.
         """
         key = (namespace, name)
-        with self._locks_guard:
+        with self._pending_guard:
             if key in self._refresh_pending:
                 self.metrics.status_refreshes_coalesced.inc()
                 return None
             self._refresh_pending.add(key)
-        with self._lock(namespace, name):
-            with self._locks_guard:
+        try:
+            with self.locks.hold(key):
+                with self._pending_guard:
+                    self._refresh_pending.discard(key)
+                body = self.kube.get("DeepAgent", namespace, name)
+                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                    self.agents.drop(key)  # a late event of a deleted agent
+                    return None
+                try:
+                    spec: DeepAgentSpec | None = self._parse(body)
+                except SpecError:
+                    spec = None
+                return self._write_status(
+                    body, spec, error=None, fetch=True, keep_spec_condition=True
+                )
+        finally:
+            with self._pending_guard:
                 self._refresh_pending.discard(key)
-            body = self.kube.get("DeepAgent", namespace, name)
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                return None
-            try:
-                spec: DeepAgentSpec | None = self._parse(body)
-            except SpecError:
-                spec = None
-            return self._write_status(body, spec, error=None, fetch=True, keep_spec_condition=True)
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop in-memory state of a deleted DeepAgent."""
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
-        for key in [k for k in list(self._written) if k[:2] == (namespace, name)]:
-            self._written.pop(key, None)
+        """Drop the in-memory state of a deleted DeepAgent, once its in-flight reconcile (if
+        any) is done: the lock itself goes away when nobody holds it."""
+        with self.locks.hold((namespace, name)):
+            self.agents.drop((namespace, name))
+
+    def retain(self, existing: set[AgentKey]) -> None:
+        """Drop the state of every agent not in ``existing`` (the resync's listing) and not
+        being reconciled: events missed while the watch was down cannot leak state."""
+        for key in self.agents.keys():
+            if key not in existing and not self.locks.busy(key):
+                self.agents.drop(key)
 
     # -- child events ---------------------------------------------------------------
     def reconcile_by_name(self, namespace: str, name: str) -> dict[str, Any] | None:
         body = self.kube.get("DeepAgent", namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.agents.drop((namespace, name))  # a late event of a deleted agent
             return None
         try:
             return self.reconcile(body)
@@ -382,35 +407,36 @@ class Reconciler:
         ns, cname = meta.get("namespace"), meta.get("name")
         if not agent or not ns:
             return "ignored"
-        key = (kind, ns, cname)
+        key = (kind, cname)
         gen = meta.get("generation")
         if event_type == "DELETED":
-            self.seen.discard(key)
-        else:
-            self.seen.add(key)
-        if event_type is None:  # initial listing: the resume handler reconciles
-            if gen is not None:
-                self.generations.setdefault(key, gen)
-            return "listed"
-        if event_type == "DELETED":
-            self.generations.pop(key, None)
-            self._child_digests.pop(key, None)
+            state = self.agents.peek((ns, agent))
+            if state is not None:
+                state.seen.discard(key)
+                state.generations.pop(key, None)
+                state.digests.pop(key, None)
             self.metrics.drift_repairs.inc()
             self.reconcile_by_name(ns, agent)
             return "reconciled"
+        state = self.agents.get((ns, agent))
+        state.seen.add(key)
+        if event_type is None:  # initial listing: the resume handler reconciles
+            if gen is not None:
+                state.generations.setdefault(key, gen)
+            return "listed"
         if kind in ("Deployment", "StatefulSet"):
-            known = self.generations.get(key)
+            known = state.generations.get(key)
             if known is not None and gen is not None and gen != known:
                 # Someone else changed the spec of our child: restore it.
                 self.metrics.drift_checks.inc()
                 self.reconcile_by_name(ns, agent)
                 return "reconciled"
             if gen is not None:
-                self.generations[key] = gen
+                state.generations[key] = gen
             digest = status_digest(child)
-            if self._child_digests.get(key) == digest:
+            if state.digests.get(key) == digest:
                 return "unchanged"  # nothing the status is computed from has changed
-            self._child_digests[key] = digest
+            state.digests[key] = digest
             self.refresh_status(ns, agent)
             return "status"
         if kind in ("Service", "NetworkPolicy", "Secret"):

@@ -6,12 +6,23 @@ is generated from) and returned as its camelCase dict, the form the API takes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from typing import Any
 
 from .children import redis_endpoint, redis_secret_name, worker_name
 from .model import Condition, DeepAgentStatus, Phase, RedisStatus, SpecError, WorkersStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of one AUTH + PING of a Managed Redis (:mod:`.redis_probe`): ``reason`` and
+    ``message`` feed the RedisReady condition."""
+
+    ok: bool
+    reason: str
+    message: str
 
 
 def now_iso() -> str:
@@ -69,9 +80,16 @@ def worker_condition(
 
 
 def redis_condition(
-    mode: str, name: str, namespace: str, statefulset: Mapping[str, Any] | None
+    mode: str,
+    name: str,
+    namespace: str,
+    statefulset: Mapping[str, Any] | None,
+    probe: ProbeResult | None = None,
 ) -> tuple[Condition, RedisStatus]:
-    """(RedisReady condition, status.redis block)."""
+    """(RedisReady condition, status.redis block).
+
+    ``probe`` is the operator's AUTH + PING of a Managed Redis whose pod is ready; a Redis
+    that refuses the password or does not answer is not ready."""
     if mode == "Disabled":
         return (
             _cond(
@@ -105,9 +123,15 @@ def redis_condition(
             RedisStatus(**where, status="Pending", ready=False),
         )
     ready = int((statefulset.get("status") or {}).get("readyReplicas") or 0)
-    if ready >= 1:
+    if ready >= 1 and probe is not None and not probe.ok:
         return (
-            _cond("RedisReady", True, "RedisReady", "Redis is ready"),
+            _cond("RedisReady", False, probe.reason, probe.message),
+            RedisStatus(**where, status="NotReady", ready=False),
+        )
+    if ready >= 1:
+        message = probe.message if probe is not None else "Redis is ready"
+        return (
+            _cond("RedisReady", True, "RedisReady", message),
             RedisStatus(**where, status="Ready", ready=True),
         )
     return (
@@ -152,6 +176,7 @@ def compute_status(
     keep_spec_condition: bool = False,
     config_hash: str | None = None,
     now: str | None = None,
+    redis_probe: ProbeResult | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` of a DeepAgent (the dump of a :class:`DeepAgentStatus`).
 
@@ -162,7 +187,7 @@ def compute_status(
     prev_conds = _previous_conditions(previous)
     spec_cond = _spec_condition(error, prev_conds, keep_spec_condition)
     workers_cond, workers = worker_condition(deployment, desired_replicas)
-    redis_cond, redis = redis_condition(redis_mode, name, namespace, statefulset)
+    redis_cond, redis = redis_condition(redis_mode, name, namespace, statefulset, redis_probe)
     if config_hash is None:
         config_hash = (previous.get("workers") or {}).get("configHash")
     if config_hash:

@@ -7,9 +7,10 @@ does) -> a client streams an answer while Redis is killed -> delete -> everythin
 
 The local cluster runs no containers, so three things stand in for the pod network: each
 process binds to 127.0.0.1 on a free port instead of the pod IP's fixed port, the Service
-name `<agent>-redis.<ns>.svc:6379` resolves to that Redis, a volume mount is a local
-directory, and the operator gets a kubeconfig with the chart's ServiceAccount token
-instead of the mounted token.
+name `<agent>-redis.<ns>.svc:6379` resolves to that Redis (for the worker by rewriting its
+REDIS_URL, for the operator's AUTH + PING check through tests.harness.service_dns), a volume
+mount is a local directory filled like the kubelet fills it, and the operator gets a
+kubeconfig with the chart's ServiceAccount token instead of the mounted token.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from deepagent_temporal.dev.servers import ManagedProcess, free_port, port_open
+from deepagent_operator.kube import Kube
+from deepagent_temporal.dev.servers import ManagedProcess, free_port
 from deepagent_temporal.examples.research_agent import SCRIPT
 from tests.harness.pods import container_argv, container_env, decode_secret_data
+from tests.harness.redis_pods import RedisPods
+from tests.harness.service_dns import HOSTS_ENV, read_hosts
 from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
@@ -114,8 +118,14 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
         op_env["KUBECONFIG"] = k8s_cluster.service_account_kubeconfig(
             op_ns, op_pod["serviceAccountName"], tmp_path / "operator.kubeconfig"
         )
+        # The console script's module, under the Service-name resolver (see the docstring).
+        hosts_file = tmp_path / "hosts.json"
+        op_env[HOSTS_ENV] = str(hosts_file)
         operator = ManagedProcess(
-            "operator", [_venv_bin(op_argv[0]), *op_argv[1:]], tmp_path, env=op_env
+            "operator",
+            [sys.executable, "-m", "tests.harness.service_dns", "deepagent_operator", *op_argv[1:]],
+            tmp_path,
+            env=op_env,
         )
         operator.start()
         started.append(operator)
@@ -123,7 +133,12 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             lambda: _http_status(f"http://127.0.0.1:{liveness_port}/healthz") == 200, 60
         )
 
-        # 2. kubectl apply a DeepAgent with Managed Redis; wait until Ready.
+        # 2. kubectl apply a DeepAgent with Managed Redis; Redis runs from the operator's
+        # StatefulSet (its config file, with the password, from the operator's Secret); the
+        # DeepAgent is Ready once the operator's AUTH + PING succeed.
+        redis_pods = RedisPods(Kube(k8s_cluster.api_client), ns, hosts_file, tmp_path)
+        redis_pods.__enter__()
+        started.append(redis_pods)  # type: ignore[arg-type]
         agent = {
             "apiVersion": "deepagent.dev/v1alpha1",
             "kind": "DeepAgent",
@@ -141,23 +156,16 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             "wait", "-n", ns, "--for=condition=Ready", f"deepagent/{AGENT}", "--timeout=120s"
         )
 
-        # 3. Redis, from the operator's StatefulSet (its password from the operator's Secret).
-        sts = _get_json(k8s_cluster, "statefulset", f"{AGENT}-redis", "-n", ns)
-        [redis_container] = sts["spec"]["template"]["spec"]["containers"]
-        redis_env = container_env(redis_container, _look_up(k8s_cluster, ns))
-        redis_argv = container_argv(redis_container, redis_env)
-        assert redis_argv[0] == "redis-server" and "--requirepass" in redis_argv
-        for mount in redis_container["volumeMounts"]:  # volumes: a local directory each
-            volume_dir = tmp_path / mount["name"]
-            volume_dir.mkdir()
-            redis_argv = [str(volume_dir) if a == mount["mountPath"] else a for a in redis_argv]
-        redis_port = free_port()
-        redis = ManagedProcess(
-            "redis", [*redis_argv, "--port", str(redis_port), "--bind", "127.0.0.1"], tmp_path
-        )
-        redis.start()
-        started.append(redis)
-        redis.wait_until(lambda: port_open(redis_port), 30)
+        # 3. Redis: the password is in its config file, never in its argv.
+        password = decode_secret_data(
+            _get_json(k8s_cluster, "secret", f"{AGENT}-redis-auth", "-n", ns)["data"]
+        )["password"]
+        redis_argv = redis_pods.argv(f"{AGENT}-redis")
+        assert redis_argv[0] == "redis-server" and redis_argv[1].endswith("/redis.conf")
+        assert "--requirepass" not in redis_argv and password not in " ".join(redis_argv)
+        redis = redis_pods.running[f"{AGENT}-redis"][1]
+        redis_port = int(read_hosts(hosts_file)[f"{AGENT}-redis.{ns}.svc:6379"].rpartition(":")[2])
+        redis_pods.paused = True  # killed below: no restart
 
         # 4. The worker, from the operator's Deployment.
         deploy = _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)
@@ -227,7 +235,10 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
         )
     finally:
         for process in reversed(started):
-            process.stop()
+            if isinstance(process, RedisPods):
+                process.__exit__(None, None, None)
+            else:
+                process.stop()
         k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
 
 

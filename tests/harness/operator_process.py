@@ -9,6 +9,10 @@ with OperatorProcess(kubeconfig, namespaces=["agents"]) as op:
     op.metrics()          # {"child_writes_total": 3.0, ...}
     op.restart()
     op.peak_rss_bytes()
+
+With ``hosts_file`` the operator resolves in-cluster Service names through that table
+(:mod:`tests.harness.service_dns`), e.g. to reach Managed Redis run by
+:class:`tests.harness.redis_pods.RedisPods` for its AUTH + PING check.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.harness.service_dns import HOSTS_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -42,6 +50,7 @@ class OperatorProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         log_dir: str | None = None,
+        hosts_file: str | os.PathLike[str] | None = None,
     ):
         self.kubeconfig = kubeconfig
         self.namespaces = list(namespaces)
@@ -50,6 +59,7 @@ class OperatorProcess:
         self.resync_seconds = resync_seconds
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
+        self.hosts_file = hosts_file
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="deepagent-operator-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
@@ -62,6 +72,8 @@ class OperatorProcess:
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "deepagent_operator", "run", "--standalone"]
+        if self.hosts_file is not None:
+            argv[2:3] = ["tests.harness.service_dns", "deepagent_operator"]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
         if not self.namespaces:
@@ -91,9 +103,13 @@ class OperatorProcess:
             DEEPAGENT_DEFAULT_TEMPORAL_ADDRESS="",
             DEEPAGENT_WATCH_NAMESPACES="",
         )
+        if self.hosts_file is not None:
+            env[HOSTS_ENV] = str(self.hosts_file)
         env.update(self.extra_env)
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 # $(VAR) is expanded from variables defined earlier; $$(VAR) is an escaped literal.
@@ -80,3 +81,42 @@ def container_argv(
 
 def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
     return {key: base64.b64decode(value).decode() for key, value in (data or {}).items()}
+
+
+def mount_volumes(
+    pod_spec: Mapping[str, Any], container: Mapping[str, Any], look_up: LookUp, root: Path
+) -> dict[str, Path]:
+    """Make the container's volume mounts local directories under ``root``, as the kubelet
+    would fill them: a Secret or ConfigMap volume becomes one file per key (or per listed
+    item, with its mode), anything else (emptyDir, a volumeClaimTemplate) an empty directory.
+    Returns mountPath -> local directory."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        local = root / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        volume = volumes.get(mount["name"], {})
+        source = volume.get("secret") or volume.get("configMap")
+        if source is not None:
+            kind = "secret" if "secret" in volume else "configmap"
+            data = look_up(kind, source.get("secretName") or source["name"])
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                path = local / item["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(data[item["key"]])
+                path.chmod(item.get("mode", source.get("defaultMode", 0o644)) | 0o400)
+        mounts[mount["mountPath"]] = local
+    return mounts
+
+
+def local_argv(argv: list[str], mounts: Mapping[str, Path]) -> list[str]:
+    """``argv`` with every path under a mount point moved to the mount's local directory."""
+    out = []
+    for arg in argv:
+        for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            if arg == mount_path or arg.startswith(mount_path.rstrip("/") + "/"):
+                arg = str(local) + arg[len(mount_path.rstrip("/")) :]
+                break
+        out.append(arg)
+    return out

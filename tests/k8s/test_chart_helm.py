@@ -5,16 +5,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-
-from deepagent_operator.kube import Kube
-from tests.harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.k8s
 
@@ -86,6 +81,7 @@ def test_default_render_cluster_wide(k8s_cluster):
         "Deployment",
     }
     roles = {r["metadata"]["name"]: r for r in kinds["ClusterRole"]}
+    assert set(roles) == {"rel-deepagent-operator", "deepagent-edit", "deepagent-view"}
     main = roles["rel-deepagent-operator"]["rules"]
     for group, resource, verb in [
         ("deepagent.dev", "deepagents", "watch"),
@@ -101,6 +97,9 @@ def test_default_render_cluster_wide(k8s_cluster):
         assert rules_allow(main, group, resource, verb), (group, resource, verb)
     assert not rules_allow(main, "", "namespaces", "delete")
     assert not rules_allow(main, "", "pods", "create")
+    for verb in ("list", "watch", "update", "delete"):  # Secrets: get, create, patch only
+        assert not rules_allow(main, "", "secrets", verb), verb
+    assert not rules_allow(main, "apiextensions.k8s.io", "customresourcedefinitions", "list")
     c = operator_container(docs)
     assert c["args"][:2] == ["run", "--standalone"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
@@ -111,6 +110,10 @@ def test_default_render_cluster_wide(k8s_cluster):
     assert env["DEEPAGENT_DEFAULT_IMAGE"] == "deepagent-temporal/runtime:0.1.0"
     assert env["DEEPAGENT_REDIS_IMAGE"] == "redis:7.4-alpine"
     assert env["DEEPAGENT_METRICS_PORT"] == "0"
+    assert env["DEEPAGENT_OPERATOR_NAMESPACE"] == "ops"
+    assert env["DEEPAGENT_OPERATOR_POD_LABELS"] == (
+        "app.kubernetes.io/name=deepagent-operator,app.kubernetes.io/instance=rel"
+    )
     assert c["image"] == "deepagent-temporal/operator:0.1.0"
     (dep,) = kinds["Deployment"]
     assert dep["spec"]["strategy"]["type"] == "Recreate"
@@ -133,17 +136,16 @@ def test_namespaced_render_has_roles_per_namespace(k8s_cluster):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "rel-deepagent-operator", "namespace": "ops"}
         ]
-    # the only cluster-wide permissions: reading CRDs and namespace names
-    (cluster_role,) = kinds["ClusterRole"]
-    assert cluster_role["rules"] == [
-        {
-            "apiGroups": ["apiextensions.k8s.io"],
-            "resources": ["customresourcedefinitions"],
-            "verbs": ["get", "list", "watch"],
-        },
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # nothing cluster-wide for the operator: the only ClusterRoles are the aggregated ones
+    # for people, and there is no ClusterRoleBinding
+    assert sorted(r["metadata"]["name"] for r in kinds["ClusterRole"]) == [
+        "deepagent-edit",
+        "deepagent-view",
     ]
+    assert "ClusterRoleBinding" not in kinds
     assert env_of(docs)["DEEPAGENT_WATCH_NAMESPACES"] == "team-a,team-b"
+    docs = render(k8s_cluster, "watch.namespaces={team-a}", "rbac.aggregatedRoles=false")
+    assert "ClusterRole" not in by_kind(docs)
 
 
 def test_images_and_settings_are_passed_to_the_operator(k8s_cluster):
@@ -205,6 +207,9 @@ def test_peering_mode(k8s_cluster):
     assert dep["spec"]["replicas"] == 2
     roles = by_kind(docs)["ClusterRole"]
     assert any(rules_allow(r["rules"], "kopf.dev", "clusterkopfpeerings", "patch") for r in roles)
+    docs = render(k8s_cluster, "peering.enabled=true", "watch.namespaces={a}")
+    (role,) = by_kind(docs)["Role"]
+    assert rules_allow(role["rules"], "kopf.dev", "kopfpeerings", "patch")
 
 
 def test_several_replicas_need_peering(k8s_cluster):
@@ -247,144 +252,22 @@ def test_notes_render(k8s_cluster):
     assert "kubectl get da" in proc.stdout
 
 
-# -- install into the cluster + RBAC ---------------------------------------------------------
-def can_i(k8s_cluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
-    args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    proc = k8s_cluster.kubectl(*args, check=False)
-    return proc.stdout.strip() == "yes"
-
-
-@pytest.fixture(scope="module")
-def namespaced_release(k8s_cluster):
+# -- install into the cluster (RBAC: test_operator_rbac.py) ----------------------------------
+def test_helm_install_succeeds(k8s_cluster):
     op_ns = k8s_cluster.create_namespace("chartop")
-    watched = k8s_cluster.create_namespace("chartw")
-    other = k8s_cluster.create_namespace("charto")
-    release = f"nsr-{op_ns[-8:]}"
-    k8s_cluster.helm(
-        "install", release, str(CHART), "--namespace", op_ns,
-        "--set", f"watch.namespaces={{{watched}}}",
-        "--set", "runtimeImage.repository=example/runtime", "--set", "runtimeImage.tag=1",
-    )  # fmt: skip
-    sa = f"system:serviceaccount:{op_ns}:{release}-deepagent-operator"
-    yield {"op_ns": op_ns, "watched": watched, "other": other, "release": release, "sa": sa}
-    k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
-    for ns in (op_ns, watched, other):
-        k8s_cluster.delete_namespace(ns)
-
-
-def test_helm_install_succeeds(k8s_cluster, namespaced_release):
-    r = namespaced_release
-    status = json.loads(
-        k8s_cluster.helm("status", r["release"], "-n", r["op_ns"], "-o", "json").stdout
-    )
-    assert status["info"]["status"] == "deployed"
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/deepagents.deepagent.dev", "--timeout=60s"
-    )
-    dep = f"deployment/{r['release']}-deepagent-operator"
-    k8s_cluster.kubectl("rollout", "status", dep, "-n", r["op_ns"], "--timeout=90s")
-
-
-def test_rbac_namespaced_mode(k8s_cluster, namespaced_release):
-    r = namespaced_release
-    sa, watched, other = r["sa"], r["watched"], r["other"]
-    allowed = [
-        ("watch", "deepagents.deepagent.dev", watched),
-        ("patch", "deepagents.deepagent.dev/status", watched),
-        ("create", "deployments.apps", watched),
-        ("patch", "statefulsets.apps", watched),
-        ("get", "secrets", watched),
-        ("create", "secrets", watched),
-        ("create", "networkpolicies.networking.k8s.io", watched),
-        ("create", "horizontalpodautoscalers.autoscaling", watched),
-        ("create", "events", watched),
-        ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ]
-    denied = [
-        ("get", "secrets", other),
-        ("list", "secrets", other),
-        ("list", "deepagents.deepagent.dev", other),
-        ("create", "deployments.apps", other),
-        ("list", "secrets", None),  # cluster-wide
-        ("delete", "namespaces", None),
-        ("create", "pods", watched),
-        ("create", "rolebindings.rbac.authorization.k8s.io", watched),
-        ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
-    ]
-    for verb, res, ns in allowed:
-        assert can_i(k8s_cluster, sa, verb, res, ns), f"should allow {verb} {res} in {ns}"
-    for verb, res, ns in denied:
-        assert not can_i(k8s_cluster, sa, verb, res, ns), f"should deny {verb} {res} in {ns}"
-
-
-def test_rbac_cluster_wide_mode(k8s_cluster):
-    op_ns = k8s_cluster.create_namespace("chartcw")
-    release = f"cw-{op_ns[-8:]}"
+    release = f"inst-{op_ns[-8:]}"
     try:
-        k8s_cluster.helm("install", release, str(CHART), "--namespace", op_ns)
-        sa = f"system:serviceaccount:{op_ns}:{release}-deepagent-operator"
-        assert can_i(k8s_cluster, sa, "list", "deepagents.deepagent.dev", None)
-        assert can_i(k8s_cluster, sa, "get", "secrets", "anywhere")
-        assert can_i(k8s_cluster, sa, "create", "deployments.apps", "anywhere")
-        assert not can_i(k8s_cluster, sa, "create", "pods", "anywhere")
-        assert not can_i(k8s_cluster, sa, "delete", "namespaces", None)
+        k8s_cluster.helm(
+            "install", release, str(CHART), "--namespace", op_ns,
+            "--set", f"watch.namespaces={{{op_ns}}}", "--set", "rbac.aggregatedRoles=false",
+        )  # fmt: skip
+        status = json.loads(k8s_cluster.helm("status", release, "-n", op_ns, "-o", "json").stdout)
+        assert status["info"]["status"] == "deployed"
+        k8s_cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/deepagents.deepagent.dev", "--timeout=60s"
+        )
+        dep = f"deployment/{release}-deepagent-operator"
+        k8s_cluster.kubectl("rollout", "status", dep, "-n", op_ns, "--timeout=90s")
     finally:
         k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
         k8s_cluster.delete_namespace(op_ns)
-
-
-def test_operator_works_with_the_charts_rbac(k8s_cluster, namespaced_release, tmp_path):
-    """The operator, authenticated as the chart's ServiceAccount, reconciles to Ready."""
-    r = namespaced_release
-    kubeconfig = k8s_cluster.service_account_kubeconfig(
-        r["op_ns"], f"{r['release']}-deepagent-operator", tmp_path / "sa.kubeconfig"
-    )
-    watched = r["watched"]
-    kube = Kube(k8s_cluster.api_client)
-    kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "keys", "namespace": watched},
-            "data": {"K": base64.b64encode(b"v").decode()},
-        }
-    )
-    agent = {
-        "apiVersion": "deepagent.dev/v1alpha1",
-        "kind": "DeepAgent",
-        "metadata": {"name": "rbac", "namespace": watched},
-        "spec": {
-            "graph": "pkg.mod:agent",
-            "temporal": {"address": "temporal:7233"},
-            "envFrom": [{"secretRef": {"name": "keys"}}],
-            "streaming": {"redis": {"mode": "Managed"}},
-        },
-    }
-    k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(agent))
-    with OperatorProcess(
-        kubeconfig,
-        [watched],
-        default_image="example/runtime:1",
-        resync_seconds=2,
-        log_dir=str(tmp_path),
-    ) as op:
-        deadline = time.monotonic() + 60
-        phase = None
-        while time.monotonic() < deadline:
-            phase = ((kube.get("DeepAgent", watched, "rbac") or {}).get("status") or {}).get(
-                "phase"
-            )
-            if phase == "Ready":
-                break
-            time.sleep(0.5)
-        assert phase == "Ready", op.log_tail(80)
-        log = op.log_path.read_text()
-        assert "403" not in log and "Forbidden" not in log, op.log_tail(80)
-    for kind, name in [
-        ("Deployment", "rbac-worker"),
-        ("StatefulSet", "rbac-redis"),
-        ("Secret", "rbac-redis-auth"),
-        ("NetworkPolicy", "rbac-redis"),
-    ]:
-        assert kube.get(kind, watched, name) is not None

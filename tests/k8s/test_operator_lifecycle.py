@@ -17,6 +17,7 @@ from kubernetes import client
 
 from deepagent_operator.kube import Kube
 from tests.harness.operator_process import OperatorProcess
+from tests.harness.redis_pods import RedisPods
 from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.k8s
@@ -46,13 +47,22 @@ def ns(k8s_cluster, kube):
 
 
 @pytest.fixture(scope="module")
-def operator(k8s_cluster, ns, request, tmp_path_factory):
+def redis_pods(kube, ns, tmp_path_factory):
+    """The redis-server of every Managed Redis, run from its StatefulSet's pod template."""
+    work = tmp_path_factory.mktemp("redis-pods")
+    with RedisPods(kube, ns, work / "hosts.json", work) as pods:
+        yield pods
+
+
+@pytest.fixture(scope="module")
+def operator(k8s_cluster, ns, redis_pods, request, tmp_path_factory):
     # No default image and no default Temporal address: the semantic-error tests rely on it.
     op = OperatorProcess(
         k8s_cluster.kubeconfig,
         [ns],
         resync_seconds=RESYNC,
         log_dir=str(tmp_path_factory.mktemp("operator-logs")),
+        hosts_file=redis_pods.hosts_file,
     )
     op.start()
     yield op
@@ -437,9 +447,10 @@ def test_no_temporal_address_is_a_condition(k8s_cluster, kube, ns, operator):
 
 # -- autoscaling and redis modes -------------------------------------------------------------
 def test_autoscaling_creates_hpa_and_back(k8s_cluster, kube, ns, operator):
-    apply(
-        k8s_cluster, agent(ns, "auto", base_spec(autoscaling={"minReplicas": 2, "maxReplicas": 4}))
+    spec = base_spec(
+        autoscaling={"minReplicas": 2, "maxReplicas": 4}, resources={"requests": {"cpu": "100m"}}
     )
+    apply(k8s_cluster, agent(ns, "auto", spec))
     hpa = wait_for("HPA", lambda: kube.get("HorizontalPodAutoscaler", ns, "auto-worker"))
     assert hpa["spec"]["maxReplicas"] == 4
     assert hpa["metadata"]["ownerReferences"][0]["name"] == "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 
@@ -10,10 +11,14 @@ import yaml
 
 from deepagent_operator.children import (
     HASH_ANNOTATION,
+    REDIS_AUTH_HASH_ANNOTATION,
     build_children,
     build_redis_secret,
     check_references,
     config_hash,
+    redis_auth_hash,
+    redis_conf,
+    redis_conf_patch,
     referenced_objects,
 )
 from deepagent_operator.config import OperatorConfig
@@ -35,8 +40,8 @@ def body(spec=None, name="coder", ns="agents"):
     return b
 
 
-def children(b, config=CONFIG, hash_="h1"):
-    return build_children(b, parse_spec(b["spec"]), config, hash_)
+def children(b, config=CONFIG, hash_="h1", redis_auth=None):
+    return build_children(b, parse_spec(b["spec"]), config, hash_, redis_auth)
 
 
 def unwanted(b):
@@ -187,6 +192,7 @@ def test_autoscaling_creates_hpa_and_drops_replicas():
         "graph": "a:b",
         "temporal": {"address": "t:1"},
         "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+        "resources": {"requests": {"cpu": "100m"}},
     }
     kinds = by_kind(children(body(spec)))
     assert "replicas" not in kinds["Deployment"]["spec"]
@@ -196,7 +202,7 @@ def test_autoscaling_creates_hpa_and_drops_replicas():
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 80
 
 
-def test_redis_statefulset_storage_and_requirepass():
+def test_redis_statefulset_storage_and_password_file():
     spec = dict(SAMPLE["spec"])
     spec["streaming"] = {
         "redis": {
@@ -205,17 +211,57 @@ def test_redis_statefulset_storage_and_requirepass():
         }
     }
     sts = by_kind(children(body(spec)))["StatefulSet"]
-    c = sts["spec"]["template"]["spec"]["containers"][0]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
     assert c["image"] == "redis:7.4"
-    assert "--requirepass" in c["args"]
-    assert c["args"][c["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    # The password reaches Redis only as a config file from the auth Secret: not in argv,
+    # not in the environment.
+    assert c["command"] == ["redis-server", "/etc/redis/redis.conf"]
+    assert "--requirepass" not in c["args"] and "env" not in c
+    assert {"name": "auth", "mountPath": "/etc/redis", "readOnly": True} in c["volumeMounts"]
+    auth = {
+        "name": "auth",
+        "secret": {
+            "secretName": "coder-redis-auth",
+            "items": [{"key": "redis.conf", "path": "redis.conf"}],
+            "defaultMode": 0o440,
+        },
+    }
     (pvc,) = sts["spec"]["volumeClaimTemplates"]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert pvc["spec"]["storageClassName"] == "fast"
-    assert "volumes" not in sts["spec"]["template"]["spec"]
+    assert pod["volumes"] == [auth]
     sts2 = by_kind(children(body()))["StatefulSet"]
-    assert sts2["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert sts2["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}, auth]
     assert "volumeClaimTemplates" not in sts2["spec"]
+
+
+def test_redis_rolls_with_its_password():
+    one = build_redis_secret(body())["data"]
+    two = build_redis_secret(body())["data"]
+
+    def template_hash(auth):
+        sts = by_kind(children(body(), redis_auth=auth))["StatefulSet"]
+        return sts["spec"]["template"]["metadata"]["annotations"][REDIS_AUTH_HASH_ANNOTATION]
+
+    assert template_hash(one) == redis_auth_hash(one) == template_hash(dict(one))
+    assert template_hash(one) != template_hash(two)
+    assert one["password"] not in template_hash(one)
+
+
+def test_redis_conf_follows_the_password():
+    data = build_redis_secret(body(), password="s3cret")["data"]
+    assert base64.b64decode(data["redis.conf"]).decode() == 'requirepass "s3cret"\n'
+    assert redis_conf_patch(data) is None
+    assert redis_conf('a"b\\c') == 'requirepass "a\\"b\\\\c"\n'
+    # A Secret of an older operator (no redis.conf) or a password set by hand: redis.conf
+    # is brought in step.
+    by_hand = {"password": base64.b64encode(b"new").decode(), "redis.conf": data["redis.conf"]}
+    patch = redis_conf_patch(by_hand)
+    assert base64.b64decode(patch["data"]["redis.conf"]).decode() == 'requirepass "new"\n'
+    assert redis_conf_patch({"password": data["password"]}) == {
+        "data": {"redis.conf": data["redis.conf"]}
+    }
 
 
 def test_network_policy_admits_workers_and_labelled_clients():
@@ -229,6 +275,20 @@ def test_network_policy_admits_workers_and_labelled_clients():
     } in sources
     assert {"podSelector": {"matchLabels": {"deepagent.dev/redis-client": "coder"}}} in sources
     assert np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 6379}]
+    assert len(sources) == 2  # the operator's pod is unknown outside a cluster
+
+
+def test_network_policy_admits_the_operator_for_its_auth_check():
+    config = OperatorConfig(
+        default_image="x",
+        operator_namespace="deepagent-system",
+        operator_pod_labels=(("app.kubernetes.io/instance", "rel"),),
+    )
+    np = by_kind(children(body(), config=config))["NetworkPolicy"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "deepagent-system"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/instance": "rel"}},
+    } in np["spec"]["ingress"][0]["from"]
 
 
 def test_redis_secret_password_is_random():

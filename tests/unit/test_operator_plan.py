@@ -10,9 +10,13 @@ from deepagent_operator.model import STATUS_KEYS, SpecError, parse_spec
 from deepagent_operator.plan import (
     StatusInputs,
     child_key,
+    not_owned_error,
+    owns_field,
     plan_children,
     plan_status,
     quantity_equal,
+    rejection_error,
+    replicas_handoff,
     status_digest,
     unwanted_children,
     write_event,
@@ -51,8 +55,9 @@ def as_live(obj):
     return live
 
 
-def owned(kind, name, uid=UID):
-    return {"kind": kind, "metadata": {"name": name, "ownerReferences": [{"uid": uid}]}}
+def owned(kind, name, uid=UID, controller=True):
+    ref = {"uid": uid, "controller": controller}
+    return {"kind": kind, "metadata": {"name": name, "ownerReferences": [ref]}}
 
 
 def test_nothing_changed_plans_no_writes():
@@ -101,16 +106,97 @@ def test_redis_disabled_deletes_its_children_but_not_the_secret():
     observed = {
         ("StatefulSet", "coder-redis"): owned("StatefulSet", "coder-redis"),
         ("Service", "coder-redis"): owned("Service", "coder-redis", uid="someone-else"),
-        ("NetworkPolicy", "coder-redis"): None,
+        ("NetworkPolicy", "coder-redis"): owned("NetworkPolicy", "coder-redis", controller=False),
     }
     plan = plan_children([], unwanted, observed, UID)
-    # not observed (HPA), gone (NetworkPolicy) or not ours (Service): left alone
+    # not observed (HPA), not ours (Service) or not controlled (NetworkPolicy): left alone
     assert plan.delete == [("StatefulSet", "coder-redis")]
 
 
 def test_managed_redis_and_autoscaling_want_their_children():
-    spec = parse_spec(dict(MANAGED, autoscaling={"maxReplicas": 3}))
+    spec = parse_spec(
+        dict(MANAGED, autoscaling={"maxReplicas": 3}, resources={"requests": {"cpu": "1"}})
+    )
     assert unwanted_children("coder", spec) == []
+
+
+def foreign(obj, refs=None):
+    live = as_live(obj)
+    live["metadata"]["ownerReferences"] = refs or []
+    return live
+
+
+def test_objects_the_agent_does_not_control_are_conflicts_and_nothing_is_written():
+    manifests = desired(MANAGED)
+    observed = {child_key(o): None for o in manifests}
+    service = next(o for o in manifests if o["kind"] == "Service")
+    for refs in (
+        [],  # nobody's
+        [{"uid": "other-agent", "controller": True}],
+        [{"uid": UID, "controller": False}],  # ours but not as controller: not adopted
+    ):
+        observed[child_key(service)] = foreign(service, refs)
+        plan = plan_children(manifests, [], observed, UID)
+        assert plan.conflicts == [("Service", "coder-redis")]
+        assert plan.apply == [] and plan.unchanged == {}
+    err = not_owned_error(plan.conflicts)
+    assert err.reason == "ChildNotOwned"
+    assert "Service coder-redis already exists and is not controlled by this DeepAgent" in str(err)
+    assert "rename the DeepAgent" in err.fix and "delete Service coder-redis" in err.fix
+    two = not_owned_error([("Service", "a-redis"), ("Secret", "a-redis-auth")])
+    assert "Service a-redis and Secret a-redis-auth already exist and are not" in str(two)
+
+
+def test_rejections_report_what_the_server_said():
+    err = rejection_error(
+        "Deployment", "x-worker", 'Deployment.apps "x-worker" is invalid: spec.template: bad'
+    )
+    assert err.reason == "ChildRejected"
+    assert 'Deployment.apps "x-worker" is invalid: spec.template: bad' in str(err)
+    err = rejection_error("StatefulSet", "x-redis", "spec.template.spec.tolerations: bad")
+    assert err.reason == "ChildRejected"  # a 422 on the StatefulSet is not always immutability
+    err = rejection_error(
+        "StatefulSet",
+        "x-redis",
+        "spec: Forbidden: updates to statefulset spec for fields other than 'replicas' ...",
+    )
+    assert err.reason == "ImmutableField" and "delete StatefulSet x-redis" in err.fix
+    err = rejection_error(
+        "StatefulSet",
+        "x-redis",
+        "spec.volumeClaimTemplates: Invalid value: [...]: field is immutable",
+    )
+    assert err.reason == "ImmutableField" and err.field == "spec.streaming.redis.storage"
+
+
+def _managed_fields(manager, fields):
+    return [{"manager": manager, "operation": "Apply", "fieldsV1": fields}]
+
+
+def test_replicas_are_handed_over_before_the_operator_stops_applying_them():
+    scaling = parse_spec(
+        dict(
+            DISABLED,
+            autoscaling={"minReplicas": 5, "maxReplicas": 9},
+            resources={"requests": {"cpu": "1"}},
+        )
+    )
+    ours = {"f:spec": {"f:replicas": {}, "f:template": {}}}
+    live = {
+        "metadata": {"managedFields": _managed_fields("deepagent-operator", ours)},
+        "spec": {"replicas": 5},
+    }
+    assert owns_field(live, "deepagent-operator", "spec", "replicas")
+    assert replicas_handoff(scaling, live, "deepagent-operator") == 5
+    live["spec"]["replicas"] = 7  # never less than now
+    assert replicas_handoff(scaling, live, "deepagent-operator") == 7
+    live["spec"]["replicas"] = 2  # at least the HPA's minimum
+    assert replicas_handoff(scaling, live, "deepagent-operator") == 5
+    # Nothing to hand over: no HPA, no Deployment yet, or the operator no longer owns it.
+    assert replicas_handoff(parse_spec(DISABLED), live, "deepagent-operator") is None
+    assert replicas_handoff(scaling, None, "deepagent-operator") is None
+    live["metadata"]["managedFields"] = _managed_fields("deepagent-operator", {"f:spec": {}})
+    assert replicas_handoff(scaling, live, "deepagent-operator") is None
 
 
 def test_write_events_name_what_happened():

@@ -13,17 +13,30 @@ from typing import Any
 
 import pytest
 
+from deepagent_operator import MANAGER
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.kube import ApiError
 from deepagent_operator.model import SpecError
 from deepagent_operator.reconcile import Reconciler
+from deepagent_operator.status import ProbeResult
 
 
 class MemoryStore:
+    """Objects by (kind, namespace, name); server-side apply replaces what the operator's
+    field manager applies, except ``spec.replicas``, which another field manager may hold
+    (as the API server keeps a field that some manager still owns)."""
+
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []
         self._rv = itertools.count(1)
+        #: (kind, name) -> message: applies of that child fail with HTTP 422
+        self.reject: dict[tuple[str, str], str] = {}
+        #: key -> field managers that own spec.replicas
+        self.replicas_owners: dict[tuple[str, str, str], set[str]] = {}
+        #: every (manager, key, spec.replicas) applied, in order
+        self.applied_replicas: list[tuple[str, str, Any]] = []
+        self.probes: list[tuple[str, int, str]] = []
 
     def _key(self, obj):
         return (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
@@ -35,16 +48,46 @@ class MemoryStore:
     def list(self, kind, ns=None, label_selector=None):
         return [copy.deepcopy(o) for (k, n, _), o in self.objects.items() if k == kind]
 
-    def apply(self, obj):
+    def apply(self, obj, manager=MANAGER):
         key = self._key(obj)
+        if (key[0], key[2]) in self.reject:
+            self.writes.append(("rejected", *key))
+            raise ApiError(422, {"message": self.reject[(key[0], key[2])]}, "PATCH", key[2])
         cur = self.objects.get(key)
-        new = copy.deepcopy(obj)
+        replicas = (obj.get("spec") or {}).get("replicas")
+        self.applied_replicas.append((manager, key[0], replicas))
+        owners = self.replicas_owners.setdefault(key, set())
+        if manager == MANAGER:
+            new = copy.deepcopy(obj)
+            new["metadata"]["generation"] = (cur or {}).get("metadata", {}).get("generation", 0) + 1
+            new["status"] = (cur or {}).get("status", {})
+            if key[0] == "Deployment" and replicas is None:
+                owners.discard(manager)
+                kept = (cur or {}).get("spec", {}).get("replicas") if owners else None
+                new["spec"]["replicas"] = 1 if kept is None else kept
+        else:  # a partial apply of another field manager: replicas only
+            new = copy.deepcopy(cur)
+            new["spec"]["replicas"] = replicas
+        if replicas is not None:
+            owners.add(manager)
         new["metadata"]["resourceVersion"] = str(next(self._rv))
-        new["metadata"]["generation"] = (cur or {}).get("metadata", {}).get("generation", 0) + 1
-        new["status"] = (cur or {}).get("status", {})
+        new["metadata"]["managedFields"] = [
+            {"manager": m, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            for m in sorted(owners)
+        ]
         self.objects[key] = new
         self.writes.append(("apply", *key))
         return copy.deepcopy(new)
+
+    def patch(self, kind, ns, name, patch):
+        obj = self.objects[(kind, ns, name)]
+        rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if rv is not None and rv != obj["metadata"]["resourceVersion"]:
+            raise ApiError(409, {"message": "conflict"}, "PATCH", name)
+        obj.setdefault("data", {}).update(patch.get("data") or {})
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.writes.append(("patch", kind, ns, name))
+        return copy.deepcopy(obj)
 
     def create(self, obj):
         key = self._key(obj)
@@ -78,6 +121,13 @@ class MemoryStore:
 
     def child_writes(self):
         return [w for w in self.writes if w[0] != "status"]
+
+    #: what the Redis of every agent answers to AUTH + PING
+    probe_result = ProbeResult(True, "RedisReady", "Redis answers AUTH and PING")
+
+    def probe(self, host, port, password, timeout):
+        self.probes.append((host, port, password))
+        return self.probe_result
 
 
 def agent(spec, name="coder", ns="agents"):
@@ -115,6 +165,7 @@ def world():
         store,  # type: ignore[arg-type]
         OperatorConfig(),
         event=lambda body, t, reason, msg: events.append((t, reason, msg)),
+        redis_probe=store.probe,
     )
     return store, rec, events
 
@@ -127,7 +178,9 @@ def test_first_reconcile_creates_then_second_writes_nothing(world):
     assert {e[1] for e in events} >= {"Created", "PhasePending"}
     store.writes.clear()
     rec.reconcile(store.get("DeepAgent", "agents", "coder"), thorough=True)
-    fresh = Reconciler(store, OperatorConfig(), event=lambda *a: None)  # "restarted" operator
+    fresh = Reconciler(  # a "restarted" operator
+        store, OperatorConfig(), event=lambda *a: None, redis_probe=store.probe
+    )
     fresh.reconcile(store.get("DeepAgent", "agents", "coder"), thorough=True)
     assert store.writes == []
 

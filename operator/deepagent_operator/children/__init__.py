@@ -24,7 +24,9 @@ from .common import (
     COMPONENT,
     HASH_ANNOTATION,
     MANAGED_BY,
+    REDIS_AUTH_HASH_ANNOTATION,
     REDIS_CLIENT_LABEL,
+    REDIS_CONF_KEY,
     REDIS_PASSWORD_KEY,
     REDIS_PORT,
     labels,
@@ -36,11 +38,15 @@ from .common import (
     worker_name,
 )
 from .redis import (
+    REDIS_CONF_PATH,
     build_redis_network_policy,
     build_redis_secret,
     build_redis_service,
     build_redis_statefulset,
     generate_password,
+    redis_auth_hash,
+    redis_conf,
+    redis_conf_patch,
 )
 from .references import (
     Ref,
@@ -57,7 +63,10 @@ __all__ = [
     "COMPONENT",
     "HASH_ANNOTATION",
     "MANAGED_BY",
+    "REDIS_AUTH_HASH_ANNOTATION",
     "REDIS_CLIENT_LABEL",
+    "REDIS_CONF_KEY",
+    "REDIS_CONF_PATH",
     "REDIS_PASSWORD_KEY",
     "REDIS_PORT",
     "TLS_MOUNT",
@@ -74,6 +83,9 @@ __all__ = [
     "config_hash",
     "generate_password",
     "labels",
+    "redis_auth_hash",
+    "redis_conf",
+    "redis_conf_patch",
     "redis_endpoint",
     "redis_name",
     "redis_secret_name",
@@ -88,20 +100,25 @@ __all__ = [
 
 
 def build_children(
-    body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig, hash_: str
+    body: Mapping[str, Any],
+    spec: DeepAgentSpec,
+    config: OperatorConfig,
+    hash_: str,
+    redis_auth: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Manifests of every child the spec asks for, in apply order (server-side applied
     whenever they drift). Raises :class:`~..model.SpecError` on semantic errors.
 
     The Redis password Secret is not among them: it is created once, never applied
-    (:func:`build_redis_secret`).
+    (:func:`build_redis_secret`); ``redis_auth`` is its data (Managed Redis), hashed into
+    the Redis pod template so that a new password rolls Redis.
     """
     children: list[dict[str, Any]] = []
     if spec.streaming.redis.mode == "Managed":
         children += [
             build_redis_service(body),
-            build_redis_statefulset(body, spec, config),
-            build_redis_network_policy(body),
+            build_redis_statefulset(body, spec, config, redis_auth_hash(redis_auth)),
+            build_redis_network_policy(body, config),
         ]
     children.append(build_worker_deployment(body, spec, config, hash_))
     if spec.autoscaling is not None:

@@ -15,8 +15,13 @@ AGENT_LABEL = "deepagent.dev/agent"
 COMPONENT = "app.kubernetes.io/component"
 REDIS_CLIENT_LABEL = "deepagent.dev/redis-client"
 HASH_ANNOTATION = "deepagent.dev/config-hash"
+#: On the Redis pod template: hash of the password Secret's data (a new password rolls Redis).
+REDIS_AUTH_HASH_ANNOTATION = "deepagent.dev/redis-auth-hash"
 REDIS_PORT = 6379
+#: Keys of the `<name>-redis-auth` Secret: the password (the workers' REDIS_PASSWORD) and the
+#: Redis config file that sets it (mounted into the Redis pod; never in its argv).
 REDIS_PASSWORD_KEY = "password"
+REDIS_CONF_KEY = "redis.conf"
 
 CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,

@@ -1,0 +1,113 @@
+"""What the reconciler remembers per DeepAgent, and the per-agent locks; both bounded.
+
+* :class:`AgentLocks` - one lock per agent that exists only while a thread holds it or waits
+  for it (reference counted), so a late event for a deleted agent cannot leak one, and
+  forgetting an agent never drops a lock an in-flight reconcile holds.
+* :class:`AgentState` - what the child watch has seen, the generations and status inputs of
+  the children, the status last written, the child writes the API server refused (backoff).
+  The reconciler drops it when the agent is deleted, when a reconcile finds the agent gone,
+  and for every agent the periodic resync no longer lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .model import SpecError
+
+#: (namespace, name) of a DeepAgent
+AgentKey = tuple[str, str]
+#: (kind, name) of a child in the agent's namespace
+ChildKey = tuple[str, str]
+
+
+@dataclasses.dataclass
+class Rejection:
+    """A child manifest the API server refused: not written again before ``retry_at``
+    (monotonic seconds) unless the manifest changes."""
+
+    digest: str
+    error: SpecError
+    attempts: int
+    retry_at: float
+
+
+@dataclasses.dataclass
+class AgentState:
+    #: children that exist, as far as the child watch knows
+    seen: set[ChildKey] = dataclasses.field(default_factory=set)
+    #: metadata.generation of a child last written or seen by the operator
+    generations: dict[ChildKey, int] = dataclasses.field(default_factory=dict)
+    #: the fields of a Deployment / StatefulSet that the status depends on, last seen
+    digests: dict[ChildKey, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    #: (uid, status) this process last wrote: fresher than any snapshot of the object
+    written: tuple[Any, dict[str, Any]] | None = None
+    #: child writes the API server refused (HTTP 400 / 422), for back-off
+    rejections: dict[ChildKey, Rejection] = dataclasses.field(default_factory=dict)
+
+
+class AgentLocks:
+    """Per-agent locks that exist only while in use."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        #: key -> [lock, number of threads holding or waiting for it]
+        self._locks: dict[AgentKey, list[Any]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: AgentKey) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+    def busy(self, key: AgentKey) -> bool:
+        """True while some thread holds or waits for the agent's lock."""
+        with self._guard:
+            return key in self._locks
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
+
+
+class AgentStates:
+    """``AgentState`` per agent, created on first use."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._states: dict[AgentKey, AgentState] = {}
+
+    def get(self, key: AgentKey) -> AgentState:
+        with self._guard:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = AgentState()
+            return state
+
+    def peek(self, key: AgentKey) -> AgentState | None:
+        with self._guard:
+            return self._states.get(key)
+
+    def drop(self, key: AgentKey) -> None:
+        with self._guard:
+            self._states.pop(key, None)
+
+    def keys(self) -> list[AgentKey]:
+        with self._guard:
+            return list(self._states)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._states)
