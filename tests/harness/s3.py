@@ -9,6 +9,7 @@ tests exercise the payload storage's request signing for real.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -49,6 +50,12 @@ def find_weed() -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
     return str(Path(proc.stdout.strip().splitlines()[-1]) / "weed")
+
+
+def _run(coro):
+    """Run ``coro`` to completion on a loop of its own (callers may be inside a loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class SeaweedFS:
@@ -122,7 +129,7 @@ class SeaweedFS:
     def create_bucket(self, name: str | None = None) -> str:
         """A new bucket (``name`` or a random one); waits until it takes objects."""
         bucket = name or f"payloads-{uuid.uuid4().hex[:10]}"
-        self.process.wait_until(lambda: asyncio.run(self._bucket_ready(bucket)), 120)
+        self.process.wait_until(lambda: _run(self._bucket_ready(bucket)), 120)
         return bucket
 
     def env(self, bucket: str, **fields: object) -> dict[str, str]:
@@ -146,7 +153,7 @@ class SeaweedFS:
             finally:
                 await client.aclose()
 
-        return asyncio.run(count())
+        return _run(count())
 
     def start(self) -> SeaweedFS:
         self.process.start()

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         RunRequest,
         RunState,
     )
+    from deepagent_temporal.storage import PayloadTooLargeError
 
 #: items of the workflow stream a continued run keeps (for clients that lag behind)
 STREAM_TAIL_CARRIED = 512
@@ -95,6 +96,17 @@ async def restore_checkpoint(saver: Any, config: Any, carried: dict[str, Any]) -
 #: compile options per registered graph name (interrupts, name, config), filled by the
 #: worker before it starts; read by the workflow (same process).
 GRAPH_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of a failure and its causes (an activity's failure says what
+    the activity raised, e.g. a PayloadTooLargeError and how to fix it)."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    cause = exc.__cause__ or getattr(exc, "cause", None)
+    while cause is not None and len(parts) < 5:
+        parts.append(f"{getattr(cause, 'type', None) or type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return ": ".join(parts)
 
 
 def _pick_graph_name(requested: str | None) -> str:
@@ -212,11 +224,15 @@ class DeepAgentWorkflow:
                 self._run_topic.publish(
                     {"kind": RUN_RESUMED, "data": None, "segment": self.segment}
                 )
+            if continue_as_new:
+                # does not return (ContinueAsNewError is a BaseException); a carried
+                # state over the payload limit fails the run here, with the fix named
+                await self._continue_as_new(request, compiled, config)
         except Exception as exc:
             if not isinstance(exc, FailureError):
                 workflow.logger.exception("graph run failed in the workflow")
             self._state.status = "failed"
-            self._state.error = f"{type(exc).__name__}: {exc}"
+            self._state.error = _error_text(exc)
             redis_complete = await self._finish_stream(request)
             self._run_topic.publish(
                 {
@@ -234,8 +250,6 @@ class DeepAgentWorkflow:
             raise ApplicationError(
                 self._state.error, type=type(exc).__name__, non_retryable=True
             ) from exc
-        if continue_as_new:
-            await self._continue_as_new(request, compiled, config)
         self._state.status = "completed"
         self._state.next = ()
         redis_complete = await self._finish_stream(request)
@@ -262,6 +276,17 @@ class DeepAgentWorkflow:
         keep_from = max(offset - STREAM_TAIL_CARRIED, self._state.segment_offset, 0)
         if keep_from > self.stream._base_offset:
             self.stream.truncate(keep_from)
+        converter = workflow.payload_converter()
+        ours = getattr(converter, "_inner_payload_converter", converter)  # the SDK wraps it
+        if getattr(ours, "size_limit", None):
+            # no payload storage: the SDK would fail to encode an input over Temporal's
+            # limit after the run is gone (a stuck workflow); the converter raises
+            # PayloadTooLargeError here instead, and the run fails naming the fix
+            try:
+                converter.to_payloads([next_request, self.stream.get_state()])
+            except PayloadTooLargeError as exc:
+                what = "the continued run's input (checkpoint, state and stream tail)"
+                raise PayloadTooLargeError(exc.size, exc.limit, what) from None
         await self.stream.continue_as_new(lambda state: [next_request, state])
 
     async def _finish_stream(self, request: RunRequest) -> bool:

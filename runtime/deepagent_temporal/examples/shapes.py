@@ -7,6 +7,7 @@ Each attribute is a compiled graph a worker can load, e.g.
 from __future__ import annotations
 
 import operator
+import time
 from typing import Annotated, Any, TypedDict
 
 from deepagents import create_deep_agent
@@ -291,8 +292,45 @@ class LoopState(TypedDict, total=False):
     limit: int
     note_bytes: int
     pause_at: int
+    #: "text": notes of pseudo-random words (compress about 3x, like real tool output);
+    #: otherwise "nnn..." (compresses to nothing)
+    note_kind: str
+    #: a file each node execution appends "<node> <step>" to (counts re-executions)
+    exec_log: str
+    #: seconds the tool takes (a worker can be killed mid-node)
+    tool_seconds: float
     notes: Annotated[list[str], operator.add]
     messages: Annotated[list, add_messages]
+
+
+def _vocabulary() -> list[str]:
+    import random
+
+    rnd = random.Random(7)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    weights = [26 - i for i in range(26)]
+    return ["".join(rnd.choices(letters, weights, k=rnd.randint(2, 9))) for _ in range(3000)]
+
+
+_WORDS = _vocabulary()
+_ZIPF = [1 / rank for rank in range(1, len(_WORDS) + 1)]  # word frequencies as in prose
+
+
+def loop_note(step: int, size: int, kind: str | None = None) -> str:
+    """The ``tool`` node's note of step ``step`` (``size`` characters)."""
+    if kind != "text":
+        return "n" * size
+    import random
+
+    rnd = random.Random(step)
+    words = rnd.choices(_WORDS, _ZIPF, k=size // 4 + 8)
+    return " ".join(words)[:size].ljust(size)
+
+
+def _log_execution(state: LoopState, node: str, step: int) -> None:
+    if state.get("exec_log"):
+        with open(state["exec_log"], "a") as log:
+            log.write(f"{node} {step}\n")
 
 
 def _long_loop_graph() -> Any:
@@ -301,6 +339,7 @@ def _long_loop_graph() -> Any:
     interrupt at step ``pause_at``."""
 
     async def think(state: LoopState) -> dict:
+        _log_execution(state, "think", state.get("steps", 0) + 1)
         prompt = HumanMessage(content=f"step {state.get('steps', 0) + 1}")
         return {"messages": [await _loop_model.ainvoke([prompt])]}
 
@@ -308,7 +347,11 @@ def _long_loop_graph() -> Any:
         step = state.get("steps", 0) + 1
         if state.get("pause_at") == step:
             interrupt({"question": f"continue after step {step}?"})
-        return {"steps": step, "notes": ["n" * state.get("note_bytes", 4096)]}
+        _log_execution(state, "tool", step)
+        if state.get("tool_seconds"):
+            time.sleep(state["tool_seconds"])
+        note = loop_note(step, state.get("note_bytes", 4096), state.get("note_kind"))
+        return {"steps": step, "notes": [note]}
 
     def more(state: LoopState) -> str:
         return "think" if state.get("steps", 0) < state.get("limit", 10) else END
