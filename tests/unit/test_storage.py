@@ -1,0 +1,121 @@
+"""Payload storage settings, the compression codec and the payload size guard (no server:
+the S3 round trips are in tests/integration/test_payload_storage.py, on SeaweedFS)."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.api.common.v1 import Payload
+
+from deepagent_temporal import storage
+from deepagent_temporal.contract import EnvError, WorkerEnv
+from deepagent_temporal.converter import DeepAgentPayloadConverter, data_converter
+
+BUCKET = {WorkerEnv.name("payload_s3_bucket"): "payloads"}
+
+
+def _payload(data: bytes) -> Payload:
+    return Payload(metadata={"encoding": b"binary/langgraph-msgpack"}, data=data)
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "zlib"])
+async def test_the_codec_round_trips_and_skips_what_does_not_pay(algorithm):
+    codec = storage.CompressionCodec(algorithm)
+    text = b"the quick brown fox jumps over the lazy dog " * 200
+    small, big, noise = _payload(b"tiny"), _payload(text), _payload(bytes(range(256)) * 8)
+    encoded = await codec.encode([small, big])
+    assert encoded[0] == small, "under 1 KiB: left alone"
+    assert encoded[1].metadata["encoding"] == f"binary/deepagent-{algorithm}".encode()
+    assert encoded[1].ByteSize() < big.ByteSize() / 10
+    assert await codec.decode(encoded) == [small, big]
+    # a codec that does not compress still decodes what another process compressed
+    assert await storage.CompressionCodec(None).decode(encoded) == [small, big]
+    [kept] = await codec.encode([noise])
+    assert kept == noise or kept.ByteSize() < noise.ByteSize()
+
+
+def test_unknown_compression_is_refused():
+    with pytest.raises(ValueError):
+        storage.CompressionCodec("lz4")
+    with pytest.raises(EnvError, match=WorkerEnv.name("payload_compression")):
+        storage.PayloadStorage.from_env(
+            WorkerEnv.from_env({WorkerEnv.name("payload_compression"): "lz4"})
+        )
+
+
+def test_nothing_is_configured_by_default_and_the_converter_is_unchanged():
+    settings = storage.PayloadStorage.from_env(WorkerEnv.from_env({}))
+    assert not settings.configured and settings.external_storage() is None
+    assert storage.apply(data_converter, settings) is data_converter
+
+
+def test_a_bucket_brings_external_storage_zstd_and_no_size_guard():
+    env = WorkerEnv.from_env(
+        {
+            **BUCKET,
+            WorkerEnv.name("payload_s3_endpoint"): "http://127.0.0.1:9000",
+            WorkerEnv.name("payload_threshold_bytes"): "4096",
+            WorkerEnv.name("aws_access_key_id"): "AK",
+            WorkerEnv.name("aws_secret_access_key"): "SK",
+        }
+    )
+    settings = storage.PayloadStorage.from_env(env)
+    assert settings.compression == "zstd" and settings.location.bucket == "payloads"
+    assert "SK" not in repr(settings)
+    converter = storage.apply(data_converter, settings)
+    assert converter.external_storage.payload_size_threshold == 4096
+    assert isinstance(converter.payload_codec, storage.CompressionCodec)
+    assert issubclass(converter.payload_converter_class, DeepAgentPayloadConverter)
+    assert converter.payload_converter_class.size_limit is None
+    assert storage.apply(converter, settings) is converter, "idempotent"
+
+
+def test_compression_alone_is_possible_and_none_turns_it_off():
+    alone = storage.PayloadStorage.from_env(
+        WorkerEnv.from_env({WorkerEnv.name("payload_compression"): "zlib"})
+    )
+    converter = storage.apply(data_converter, alone)
+    assert converter.external_storage is None and converter.payload_codec.algorithm == "zlib"
+    assert converter.payload_converter_class.size_limit, "no storage: the guard stays"
+    off = storage.PayloadStorage.from_env(
+        WorkerEnv.from_env({**BUCKET, WorkerEnv.name("payload_compression"): "none"})
+    )
+    assert off.compression is None and off.location is not None
+
+
+def test_a_payload_over_the_limit_names_the_fix():
+    conv = data_converter.payload_converter
+    assert len(conv.to_payloads([{"notes": ["x" * 1_000_000]}])[0].data) > 1_000_000
+    with pytest.raises(storage.PayloadTooLargeError) as refused:
+        conv.to_payloads([{"notes": ["x" * 2_200_000]}])
+    err = refused.value
+    assert err.non_retryable and err.type == "PayloadTooLargeError"
+    for name in ("payload_s3_bucket", "payload_s3_endpoint"):
+        assert WorkerEnv.name(name) in err.message
+    assert "spec.payloadStorage" in err.message and "docs/long-runs.md" in err.message
+
+
+def test_object_urls_path_style_with_an_endpoint_else_virtual_hosted():
+    local = storage.S3Location("b", endpoint="http://127.0.0.1:9000/", prefix="p/")
+    assert local.url("b", "v0/wi/a%3Ab") == (
+        "http://127.0.0.1:9000/b/p/v0/wi/a%253Ab",
+        "127.0.0.1:9000",
+        "/b/p/v0/wi/a%253Ab",
+    )
+    aws = storage.S3Location("b", region="eu-west-1")
+    assert aws.url("b", "k")[0] == "https://b.s3.eu-west-1.amazonaws.com/k"
+
+
+def test_signed_headers_are_deterministic_and_carry_the_session_token():
+    import datetime
+
+    client = storage.SigV4S3Client(storage.S3Location("b"), "AK", "SK", "TOKEN")
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    one = client.signed_headers("PUT", "h", "/b/k", b"data", now)
+    assert one == client.signed_headers("PUT", "h", "/b/k", b"data", now)
+    assert one["x-amz-security-token"] == "TOKEN"
+    assert one["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AK/20260102/us-east-1/")
+    assert "x-amz-security-token" in one["authorization"]
+    other = client.signed_headers("PUT", "h", "/b/k", b"datb", now)
+    assert other["authorization"] != one["authorization"]
+    anonymous = storage.SigV4S3Client(storage.S3Location("b"), None, None)
+    assert "authorization" not in anonymous.signed_headers("GET", "h", "/b/k", b"")
