@@ -5,10 +5,15 @@ or an existing cluster with USE_EXISTING_CLUSTER=1 and KUBECONFIG):
 
 * p50 / p90 time from `kubectl apply` of a DeepAgent to its worker Deployment existing;
 * time for 100 DeepAgents created at once to all reach phase Ready (kwok makes pods Ready);
-* peak RSS (VmHWM) of the operator process.
+* peak RSS (VmHWM) of the operator process;
+* scale: 1,000 DeepAgents created at once (a fresh operator): all Ready, peak RSS, the API
+  requests per agent at steady state (a window that includes a full resync), and the
+  operator's per-agent state after all of them are deleted again.
 
-Prints a markdown table with the targets (p50 <= 1 s, 100 CRs <= 30 s, RSS <= 200 MB).
-Environment: BENCH_OPERATOR_APPLIES (default 20), BENCH_OPERATOR_AGENTS (default 100).
+Prints a markdown table with the targets (p50 <= 1 s, 100 CRs <= 30 s, RSS <= 200 MB;
+1,000 CRs <= 60 s, RSS <= 300 MB, 0 writes at steady state, no state left).
+Environment: BENCH_OPERATOR_APPLIES (default 20), BENCH_OPERATOR_AGENTS (default 100),
+BENCH_OPERATOR_SCALE_AGENTS (default 1000; 0 skips the scale rows).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from tests.harness.operator_process import OperatorProcess  # noqa: E402
 
 APPLIES = int(os.environ.get("BENCH_OPERATOR_APPLIES", "20"))
 AGENTS = int(os.environ.get("BENCH_OPERATOR_AGENTS", "100"))
+SCALE = int(os.environ.get("BENCH_OPERATOR_SCALE_AGENTS", "1000"))
+SCALE_RESYNC = 20.0
 CRD = ROOT / "crds" / "deepagent.yaml"
 
 
@@ -101,6 +108,85 @@ class DeploymentWatcher:
 
     def stop(self) -> None:
         self._w.stop()
+
+
+def _count_phase(kube: Kube, ns: str, phase: str) -> int:
+    return sum(
+        1 for a in kube.list("DeepAgent", ns) if (a.get("status") or {}).get("phase") == phase
+    )
+
+
+def _requests(op: OperatorProcess) -> tuple[float, float]:
+    """(writes, reads) the operator made so far."""
+    writes = reads = 0.0
+    for key, value in op.metrics().items():
+        if key.startswith("api_requests_by_total"):
+            if 'method="GET"' in key:
+                reads += value
+            else:
+                writes += value
+    return writes, reads
+
+
+def scale(kubeconfig: str, kc, api) -> dict:
+    """SCALE DeepAgents at once with a fresh operator: Ready, memory, steady state, cleanup."""
+    from tests.harness import k8s as harness
+
+    ns = f"bench-scale-{int(time.time())}"
+    kc("create", "namespace", ns)
+    # Room for SCALE more worker pods: one more kwok node (the harness's hold 2 x 110 pods).
+    node = f"kwok-bench-{int(time.time())}"
+    manifest = harness._fake_node_manifest(node).replace('pods: "110"', f'pods: "{SCALE + 100}"')
+    kc("apply", "-f", "-", input=manifest)
+    kube = Kube(api)
+    logs = tempfile.mkdtemp(prefix="bench-operator-scale-")
+    op = OperatorProcess(
+        kubeconfig,
+        [ns],
+        default_image="bench/runtime:1",
+        default_temporal_address="temporal:7233",
+        resync_seconds=SCALE_RESYNC,
+        log_dir=logs,
+    )
+    op.start()
+    out: dict = {}
+    try:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: kube.create(agent(ns, f"s-{i}")), range(SCALE)))
+        ready = 0
+        while time.monotonic() < t0 + 300:
+            ready = _count_phase(kube, ns, "Ready")
+            if ready >= SCALE:
+                break
+            time.sleep(1.0)
+        out["ready"], out["ready_s"] = ready, time.monotonic() - t0
+        # Steady state: nothing changes; the window holds at least one full resync.
+        time.sleep(SCALE_RESYNC)
+        w0, r0 = _requests(op)
+        window = 60.0
+        time.sleep(window)
+        w1, r1 = _requests(op)
+        out["writes_per_agent_min"] = (w1 - w0) / SCALE * 60 / window
+        out["reads_per_agent_min"] = (r1 - r0) / SCALE * 60 / window
+        out["rss_mb"] = op.peak_rss_bytes() / 2**20
+        # All deleted: the operator's per-agent state must drain to nothing.
+        kc("delete", "deepagents", "--all", "-n", ns, "--wait=false")
+        t1 = time.monotonic()
+        state = {}
+        while time.monotonic() < t1 + 120:
+            m = op.metrics()
+            state = {k: m.get(k) for k in ("tracked_agents", "agent_locks")}
+            if not list(kube.list("DeepAgent", ns)) and not any(state.values()):
+                break
+            time.sleep(1.0)
+        out["state"] = state
+    finally:
+        op.stop()
+        shutil.rmtree(logs, ignore_errors=True)
+        kc("delete", "namespace", ns, "--wait=false")
+        kc("delete", "node", node, "--wait=false")
+    return out
 
 
 def main() -> int:
@@ -176,6 +262,7 @@ def main() -> int:
             subprocess.run(
                 [kubectl, "delete", "namespace", ns, "--wait=false"], env=env, capture_output=True
             )
+        big = scale(kubeconfig, kc, api) if SCALE else None
 
     p50 = statistics.median(latencies)
     p90 = statistics.quantiles(latencies, n=10)[-1] if len(latencies) >= 2 else p50
@@ -213,6 +300,46 @@ def main() -> int:
             f"{rss_mb / 200:.2f}",
         ),
     ]
+    if big is not None:
+        ok_big = big["ready"] >= SCALE
+        drained = not any(big["state"].values())
+        rows += [
+            (
+                f"{SCALE} DeepAgents -> all Ready",
+                f"{big['ready_s']:.1f} s" if ok_big else f"timeout ({big['ready']}/{SCALE} Ready)",
+                "<= 60 s",
+                ok_big and big["ready_s"] <= 60,
+                f"{big['ready_s'] / 60:.2f}",
+            ),
+            (
+                f"  operator peak RSS with {SCALE} DeepAgents",
+                f"{big['rss_mb']:.0f} MB",
+                "<= 300 MB",
+                big["rss_mb"] <= 300,
+                f"{big['rss_mb'] / 300:.2f}",
+            ),
+            (
+                "  API writes per agent per minute at steady state",
+                f"{big['writes_per_agent_min']:.2f}",
+                "0",
+                big["writes_per_agent_min"] == 0,
+                "-",
+            ),
+            (
+                f"  API reads per agent per minute at steady state (resync every {SCALE_RESYNC:.0f} s)",
+                f"{big['reads_per_agent_min']:.2f}",
+                "0 (watches only)",
+                big["reads_per_agent_min"] == 0,
+                "-",
+            ),
+            (
+                f"  per-agent state after all {SCALE} are deleted",
+                ", ".join(f"{k}={v:.0f}" for k, v in big["state"].items() if v is not None),
+                "0",
+                drained,
+                "-",
+            ),
+        ]
     print(f"Operator ({APPLIES} sequential applies, {AGENTS} concurrent DeepAgents; {where})\n")
     print("| metric | measured | target | ratio to target | ok |")
     print("|---|---|---|---|---|")

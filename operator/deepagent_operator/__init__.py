@@ -11,7 +11,10 @@ The package is split so that almost everything is a pure function:
 * :mod:`.status` - children's status in, ``DeepAgent.status`` out;
 * :mod:`.plan` - spec and observed objects in, what to create / patch / delete and the
   status patch out;
-* :mod:`.reconcile` - executes plans against the API (:mod:`.kube`), per-agent lock, events;
+* :mod:`.reconcile` - executes plans against the API (:mod:`.kube`): never writes an object
+  its DeepAgent does not control, turns refused writes into conditions with back-off;
+  :mod:`.state` - per-agent locks and state, both bounded; :mod:`.redis_auth` - the Managed
+  Redis password Secret and the AUTH + PING readiness check; :mod:`.events` - Events;
 * :mod:`.handlers` - the small kopf handlers wiring all of the above to events;
 * :mod:`.metrics` - Prometheus metrics; :mod:`.config` - settings and their env variables.
 

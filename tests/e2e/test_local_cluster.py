@@ -1,9 +1,12 @@
 """A user's journey on the local control plane, every process started as its pod would be.
 
 helm install the chart -> the operator starts from the chart's Deployment -> kubectl apply a
-DeepAgent with Managed Redis -> Ready -> Redis starts from the operator's StatefulSet and the
-worker from the operator's Deployment (command, args, env; Secrets resolved like the kubelet
-does) -> a client streams an answer while Redis is killed -> delete -> everything is gone.
+DeepAgent with Managed Redis -> Redis starts from the operator's StatefulSet (its password in
+a config file from the operator's Secret, not in argv) -> Ready once the operator's AUTH +
+PING succeed -> the worker starts from the operator's Deployment (command, args, env; Secrets
+resolved like the kubelet does) -> a client streams an answer while Redis is killed -> the
+password is rotated (Secret deleted): Redis and the worker roll, streaming goes through Redis
+again -> delete -> everything is gone.
 
 The local cluster runs no containers, so three things stand in for the pod network: each
 process binds to 127.0.0.1 on a free port instead of the pod IP's fixed port, the Service
@@ -168,35 +171,44 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
         redis_pods.paused = True  # killed below: no restart
 
         # 4. The worker, from the operator's Deployment.
-        deploy = _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)
-        [worker_container] = deploy["spec"]["template"]["spec"]["containers"]
-        worker_env = container_env(worker_container, _look_up(k8s_cluster, ns))
-        service = _get_json(k8s_cluster, "service", f"{AGENT}-redis", "-n", ns)
-        service_port = service["spec"]["ports"][0]["port"]
-        in_cluster = f"{AGENT}-redis.{ns}.svc:{service_port}"
-        assert in_cluster in worker_env["REDIS_URL"]
-        worker_env["REDIS_URL"] = worker_env["REDIS_URL"].replace(
-            in_cluster, f"127.0.0.1:{redis_port}"
-        )
-        assert worker_env["DEEPAGENT_GRAPH"] == GRAPH
-        assert worker_env["TEMPORAL_TASK_QUEUE"] == task_queue
-        assert worker_env["TEMPORAL_ADDRESS"] == temporal_server.address
-        health_port = free_port()
-        worker_env["DEEPAGENT_HEALTH_PORT"] = str(health_port)
-        worker_env["DEEPAGENT_HEALTH_HOST"] = "127.0.0.1"
-        worker_argv = container_argv(
-            worker_container,
-            worker_env,
-            _dockerfile(ROOT / "runtime/Dockerfile", "ENTRYPOINT"),
-            _dockerfile(ROOT / "runtime/Dockerfile", "CMD"),
-        )
-        assert worker_argv == ["deepagent-temporal", "worker"]
-        worker = ManagedProcess(
-            "worker", [_venv_bin(worker_argv[0]), *worker_argv[1:]], tmp_path, env=worker_env
-        )
-        worker.start()
-        started.append(worker)
-        worker.wait_until(lambda: _http_status(f"http://127.0.0.1:{health_port}/readyz") == 200, 90)
+        def start_worker(generation: int) -> tuple[ManagedProcess, int, dict[str, str]]:
+            deploy = _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)
+            [worker_container] = deploy["spec"]["template"]["spec"]["containers"]
+            worker_env = container_env(worker_container, _look_up(k8s_cluster, ns))
+            service = _get_json(k8s_cluster, "service", f"{AGENT}-redis", "-n", ns)
+            in_cluster = f"{AGENT}-redis.{ns}.svc:{service['spec']['ports'][0]['port']}"
+            assert in_cluster in worker_env["REDIS_URL"]
+            worker_env["REDIS_URL"] = worker_env["REDIS_URL"].replace(
+                in_cluster, read_hosts(hosts_file)[in_cluster]
+            )
+            assert worker_env["DEEPAGENT_GRAPH"] == GRAPH
+            assert worker_env["TEMPORAL_TASK_QUEUE"] == task_queue
+            assert worker_env["TEMPORAL_ADDRESS"] == temporal_server.address
+            health_port = free_port()
+            worker_env["DEEPAGENT_HEALTH_PORT"] = str(health_port)
+            worker_env["DEEPAGENT_HEALTH_HOST"] = "127.0.0.1"
+            worker_argv = container_argv(
+                worker_container,
+                worker_env,
+                _dockerfile(ROOT / "runtime/Dockerfile", "ENTRYPOINT"),
+                _dockerfile(ROOT / "runtime/Dockerfile", "CMD"),
+            )
+            assert worker_argv == ["deepagent-temporal", "worker"]
+            worker = ManagedProcess(
+                f"worker-{generation}",
+                [_venv_bin(worker_argv[0]), *worker_argv[1:]],
+                tmp_path,
+                env=worker_env,
+            )
+            worker.start()
+            started.append(worker)
+            worker.wait_until(
+                lambda: _http_status(f"http://127.0.0.1:{health_port}/readyz") == 200, 90
+            )
+            return worker, health_port, worker_env
+
+        worker, health_port, worker_env = start_worker(1)
+        assert worker_env["REDIS_URL"].endswith(f"@127.0.0.1:{redis_port}/0")
 
         # 5. A client streams an answer; Redis is killed in the middle of it.
         answer = _stream_while_killing_redis(
@@ -210,7 +222,54 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             metrics
         )
 
-        # 6. Delete the DeepAgent: every child is garbage-collected.
+        # 6. Rotate the Redis password by deleting its Secret: the operator makes a new one,
+        # Redis and the workers roll with it (their templates carry its hash), and streaming
+        # goes through Redis again, authenticated with the new password.
+        def template_hash(kind: str, annotation: str) -> str:
+            obj = _get_json(k8s_cluster, kind, f"{AGENT}-{kind_suffix[kind]}", "-n", ns)
+            return obj["spec"]["template"]["metadata"]["annotations"][annotation]
+
+        kind_suffix = {"statefulset": "redis", "deployment": "worker"}
+        redis_hash = template_hash("statefulset", "deepagent.dev/redis-auth-hash")
+        worker_hash = template_hash("deployment", "deepagent.dev/config-hash")
+        redis_pods.paused = False  # Redis comes back (it was killed above)
+        k8s_cluster.kubectl("delete", "secret", f"{AGENT}-redis-auth", "-n", ns)
+        wait_for(
+            "Redis and the workers to roll with the new password",
+            lambda: (
+                template_hash("statefulset", "deepagent.dev/redis-auth-hash") != redis_hash
+                and template_hash("deployment", "deepagent.dev/config-hash") != worker_hash
+            ),
+            timeout=60,
+            logs=operator.log_tail,
+        )
+        new_password = decode_secret_data(
+            _get_json(k8s_cluster, "secret", f"{AGENT}-redis-auth", "-n", ns)["data"]
+        )["password"]
+        assert new_password != password
+        wait_for(
+            "Redis rolled: the operator's AUTH + PING succeed with the new password",
+            lambda: (
+                redis_pods.starts[f"{AGENT}-redis"] >= 3
+                and _get_json(k8s_cluster, "deepagent", AGENT, "-n", ns)["status"]["phase"]
+                == "Ready"
+            ),
+            timeout=60,
+            logs=operator.log_tail,
+        )
+        worker.stop()  # the worker pod rolls: the new one gets the new password
+        worker, health_port, worker_env = start_worker(2)
+        assert new_password in worker_env["REDIS_URL"]
+        answer = _stream(temporal_server.address, task_queue, worker_env["REDIS_URL"])
+        assert SCRIPT[0]["content"] in answer and answer.count(SCRIPT[-1]) == 1
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics").read().decode()
+        redis_tokens = re.search(
+            r'^deepagent_stream_tokens_published_total\{transport="redis"\} (\S+)', metrics, re.M
+        )
+        assert redis_tokens and float(redis_tokens.group(1)) > 0, metrics
+        assert not re.search(r"^deepagent_stream_failovers_total\{[^}]*\} [1-9]", metrics, re.M)
+
+        # 7. Delete the DeepAgent: every child is garbage-collected.
         k8s_cluster.kubectl("delete", "deepagent", AGENT, "-n", ns, "--wait=true")
         children = [
             ("deployment", f"{AGENT}-worker"),
@@ -245,6 +304,21 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
 def _venv_bin(name: str) -> str:
     """The console script the image puts on PATH, from this interpreter's environment."""
     return str(Path(sys.executable).parent / name)
+
+
+def _stream(address: str, task_queue: str, redis_url: str) -> str:
+    client = subprocess.run(
+        [
+            _venv_bin("deepagent-temporal"),
+            "run", "--address", address, "--task-queue", task_queue,
+            "--redis-url", redis_url, "What is durable execution?",
+        ],
+        capture_output=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")},
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr.decode()
+    return client.stdout.decode()
 
 
 def _stream_while_killing_redis(

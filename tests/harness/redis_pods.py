@@ -30,6 +30,10 @@ REDIS_PORT = 6379
 SELECTOR = "app.kubernetes.io/managed-by=deepagent-operator,app.kubernetes.io/component=redis"
 
 
+def _digest(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+
+
 class RedisPods:
     def __init__(self, kube: Any, namespace: str, hosts_file: Path, work_dir: Path) -> None:
         self.kube = kube
@@ -61,6 +65,18 @@ class RedisPods:
         with self._lock:
             return list(self.running[name][2])
 
+    def rolled(self, name: str) -> bool:
+        """True when the process of ``name`` runs the StatefulSet's current pod template."""
+        sts = self.kube.get("StatefulSet", self.namespace, name)
+        with self._lock:
+            current = self.running.get(name)
+            return (
+                sts is not None
+                and current is not None
+                and current[1].running
+                and current[0] == _digest(sts["spec"]["template"])
+            )
+
     def pid(self, name: str) -> int:
         with self._lock:
             return self.running[name][1].pid
@@ -85,8 +101,7 @@ class RedisPods:
             if self.paused:
                 return
             for name, sts in sets.items():
-                template = sts["spec"]["template"]
-                digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+                digest = _digest(sts["spec"]["template"])
                 current = self.running.get(name)
                 if current is not None and current[0] == digest and current[1].running:
                     continue

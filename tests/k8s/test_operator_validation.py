@@ -66,6 +66,8 @@ def with_(path: str, value, base=None):
 
 DELETE = object()
 EXTERNAL = {"mode": "External"}
+MANAGED = {"mode": "Managed"}
+SECRET_KEY = {"name": "s", "key": "k"}
 
 # (id, spec, field named in the error)
 MALFORMED = [
@@ -168,7 +170,85 @@ MALFORMED = [
     ("service-account-name", with_("serviceAccountName", "Bad_Name"), "spec.serviceAccountName"),
     ("image-empty", with_("image", ""), "spec.image"),
     ("tolerations-not-list", with_("tolerations", "none"), "spec.tolerations"),
+    # Accepted by the API server before, refused by Kubernetes when the operator wrote the
+    # children (T2 item 2): names, labels, quantities, env sources, autoscaling on CPU.
+    ("managed-redis-dotted-name", with_("streaming.redis", MANAGED), "metadata.name"),
+    ("managed-redis-name-starts-with-digit", with_("streaming.redis", MANAGED), "metadata.name"),
+    ("pod-label-value", with_("podLabels", {"x": "bad value!"}), "spec.podLabels.x"),
+    ("pod-label-value-too-long", with_("podLabels", {"x": "v" * 64}), "spec.podLabels.x"),
+    ("pod-label-key", with_("podLabels", {"bad key!": "v"}), "spec.podLabels"),
+    ("pod-label-key-too-long", with_("podLabels", {"k" * 64: "v"}), "spec.podLabels"),
+    ("pod-label-key-prefix", with_("podLabels", {"Bad_Prefix/x": "v"}), "spec.podLabels"),
+    ("pod-annotation-key", with_("podAnnotations", {"/x": "any value!"}), "spec.podAnnotations"),
+    ("node-selector-value", with_("nodeSelector", {"pool": "a b"}), "spec.nodeSelector.pool"),
+    ("node-selector-key", with_("nodeSelector", {"pool!": "a"}), "spec.nodeSelector"),
+    (
+        "resources-negative",
+        with_("resources", {"requests": {"cpu": "-1"}}),
+        "spec.resources.requests.cpu",
+    ),
+    (
+        "resources-request-over-limit",
+        with_("resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}),
+        "spec.resources",
+    ),
+    ("resources-unknown-name", with_("resources", {"limits": {"gpu": 1}}), "spec.resources.limits"),
+    (
+        "redis-resources-negative",
+        with_("streaming.redis", {**MANAGED, "resources": {"limits": {"memory": "-1Gi"}}}),
+        "spec.streaming.redis.resources.limits.memory",
+    ),
+    (
+        "redis-pvc-size-zero",
+        with_(
+            "streaming.redis", {**MANAGED, "storage": {"type": "PersistentVolumeClaim", "size": 0}}
+        ),
+        "spec.streaming.redis.storage",
+    ),
+    (
+        "env-value-and-value-from",
+        with_("env", [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": SECRET_KEY}}]),
+        "spec.env[0]",
+    ),
+    (
+        "env-value-from-two-sources",
+        with_(
+            "env",
+            [
+                {
+                    "name": "A",
+                    "valueFrom": {"secretKeyRef": SECRET_KEY, "configMapKeyRef": SECRET_KEY},
+                }
+            ],
+        ),
+        "spec.env[0].valueFrom",
+    ),
+    (
+        "env-value-from-empty",
+        with_("env", [{"name": "A", "valueFrom": {}}]),
+        "spec.env[0].valueFrom",
+    ),
+    (
+        "env-from-two-sources",
+        with_("envFrom", [{"secretRef": {"name": "s"}, "configMapRef": {"name": "c"}}]),
+        "spec.envFrom[0]",
+    ),
+    ("env-from-no-source", with_("envFrom", [{"prefix": "X_"}]), "spec.envFrom[0]"),
+    (
+        "autoscaling-without-cpu-request",
+        with_("autoscaling", {"maxReplicas": 3}),
+        "spec.resources.requests.cpu",
+    ),
+    (
+        "autoscaling-memory-request-only",
+        with_(
+            "autoscaling", {"maxReplicas": 3}, with_("resources", {"requests": {"memory": "1Gi"}})
+        ),
+        "spec.resources.requests.cpu",
+    ),
 ]
+#: Cases whose metadata.name is part of what is wrong.
+NAMES = {"managed-redis-dotted-name": "a.b", "managed-redis-name-starts-with-digit": "1agent"}
 
 
 def _create(k8s_cluster, ns: str, name: str, spec) -> None:
@@ -187,8 +267,8 @@ def _message(exc: ApiException) -> str:
         return str(exc.body)
 
 
-def test_there_are_at_least_30_cases():
-    assert len(MALFORMED) >= 30
+def test_there_are_at_least_60_cases():
+    assert len(MALFORMED) >= 60
     assert len({case[0] for case in MALFORMED}) == len(MALFORMED)
 
 
@@ -211,7 +291,7 @@ def test_malformed_deepagent_is_rejected_naming_the_field(
     k8s_cluster, crd_ns, case_id, spec, field
 ):
     with pytest.raises(ApiException) as exc:
-        _create(k8s_cluster, crd_ns, f"bad-{case_id}", spec)
+        _create(k8s_cluster, crd_ns, NAMES.get(case_id, f"bad-{case_id}"), spec)
     assert exc.value.status in (400, 422), exc.value
     message = _message(exc.value)
     assert field in message, f"{case_id}: {field!r} not in {message!r}"
@@ -224,6 +304,33 @@ def test_missing_spec_and_long_name_are_rejected(k8s_cluster, crd_ns):
     with pytest.raises(ApiException) as exc:
         _create(k8s_cluster, crd_ns, "x" * 41, VALID)
     assert "metadata.name" in _message(exc.value)
+
+
+def test_close_to_the_rules_is_accepted(k8s_cluster, crd_ns):
+    """The new rules do not refuse what Kubernetes accepts."""
+    accepted = {
+        # dotted names are fine without Managed Redis (no Service is named after them)
+        "a.b.c": VALID,
+        "labels": with_(
+            "podLabels",
+            {"example.com/team": "a_b.c-1", "x": "", "k" * 63: "v" * 63},
+            with_("podAnnotations", {"example.com/note": "any text at all!"}),
+        ),
+        "quantities": with_(
+            "resources",
+            {"requests": {"cpu": "200m", "memory": 1000}, "limits": {"cpu": 1, "memory": "1Ki"}},
+        ),
+        "gpus": with_("resources", {"limits": {"nvidia.com/gpu": 1, "hugepages-2Mi": "2Mi"}}),
+        "hpa": with_(
+            "autoscaling", {"maxReplicas": 3}, with_("resources", {"requests": {"cpu": "1"}})
+        ),
+        "env": with_(
+            "env",
+            [{"name": "A", "value": ""}, {"name": "B", "valueFrom": {"secretKeyRef": SECRET_KEY}}],
+        ),
+    }
+    for name, spec in accepted.items():
+        _create(k8s_cluster, crd_ns, name, spec)
 
 
 def test_kubectl_apply_shows_the_field(k8s_cluster, crd_ns):

@@ -12,6 +12,8 @@ import yaml
 from deepagent_operator.model import (
     ADDRESS_PATTERN,
     GRAPH_PATTERN,
+    SpecError,
+    check_name,
     format_validation_error,
     parse_spec,
 )
@@ -124,3 +126,60 @@ def test_external_redis_ok():
         }
     )
     assert spec.streaming.redis.url_secret_ref.key == "url"
+
+
+# -- the mirrors of the CRD's rules for names, labels, quantities, env and autoscaling --------
+MAP_AND_QUANTITY_CASES = [
+    ({"podLabels": {"x": "bad value!"}}, "spec.podLabels.x"),
+    ({"podLabels": {"x": "v" * 64}}, "spec.podLabels.x"),
+    ({"podLabels": {"bad key!": "v"}}, "spec.podLabels"),
+    ({"podLabels": {"k" * 64: "v"}}, "spec.podLabels"),
+    ({"podLabels": {"Bad_Prefix/x": "v"}}, "spec.podLabels"),
+    ({"podAnnotations": {"/x": "v"}}, "spec.podAnnotations"),
+    ({"nodeSelector": {"pool": "a b"}}, "spec.nodeSelector.pool"),
+    ({"resources": {"requests": {"cpu": "-1"}}}, "requests.cpu"),
+    ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}, "requests.cpu"),
+    ({"resources": {"limits": {"gpu": 1}}}, "limits"),
+    (
+        {"streaming": {"redis": {"mode": "Managed", "storage": {"type": "PersistentVolumeClaim", "size": 0}}}},
+        "spec.streaming.redis.storage.size",
+    ),
+    ({"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}, "value and valueFrom"),
+    ({"env": [{"name": "A", "valueFrom": {}}]}, "valueFrom: set exactly one"),
+    ({"envFrom": [{"prefix": "X_"}]}, "exactly one of secretRef and configMapRef"),
+    ({"autoscaling": {"maxReplicas": 3}}, "spec.resources.requests.cpu"),
+    ({"autoscaling": {"maxReplicas": 3}, "resources": {"requests": {"memory": "1Gi"}}}, "requests.cpu"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra,text", MAP_AND_QUANTITY_CASES)
+def test_rules_the_crd_checks_are_mirrored(extra, text):
+    with pytest.raises(pydantic.ValidationError) as exc:
+        parse_spec({"graph": "a:b", **extra})
+    assert text in format_validation_error(exc.value)[1]
+
+
+def test_close_to_the_rules_is_accepted():
+    parse_spec(
+        {
+            "graph": "a:b",
+            "podLabels": {"example.com/team": "a_b.c-1", "x": "", "k" * 63: "v" * 63},
+            "podAnnotations": {"example.com/note": "any text at all!"},
+            "resources": {
+                "requests": {"cpu": "200m", "memory": 1000, "nvidia.com/gpu": 1},
+                "limits": {"cpu": 1, "memory": "1Ki", "hugepages-2Mi": "2Mi"},
+            },
+            "autoscaling": {"maxReplicas": 3},
+            "env": [{"name": "A", "value": ""}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+        }
+    )  # fmt: skip
+
+
+def test_managed_redis_needs_a_dns1035_name():
+    managed = parse_spec({"graph": "a:b", "streaming": {"redis": {"mode": "Managed"}}})
+    check_name("coder-1", managed)
+    for bad in ("a.b", "1agent", "Agent"):
+        with pytest.raises(SpecError) as exc:
+            check_name(bad, managed)
+        assert exc.value.field == "metadata.name" and exc.value.reason == "InvalidName"
+    check_name("a.b", parse_spec({"graph": "a:b"}))  # no Service named after it
