@@ -219,7 +219,7 @@ class WorkerEnv:
     payload_threshold_bytes: int = _var(
         "DEEPAGENT_PAYLOAD_THRESHOLD_BYTES",
         "int",
-        65536,
+        16384,
         "Payload storage: payloads of this size or more (after compression) go to the bucket.",
     )
     payload_compression: str | None = _var(
