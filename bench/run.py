@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_streaming.py", "bench_runtime.py", "bench_gateway.py", "bench_operator.py"]
+SCRIPTS = [
+    "bench_streaming.py",
+    "bench_runtime.py",
+    "bench_gateway.py",
+    "bench_operator.py",
+    "bench_long_runs.py",
+]
 
 
 def machine() -> str:

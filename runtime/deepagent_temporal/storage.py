@@ -36,6 +36,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import logging
 import urllib.parse
 import zlib
 from collections.abc import Mapping, Sequence
@@ -173,6 +174,10 @@ def _sign(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
+def _quote_arg(value: str) -> str:
+    return urllib.parse.quote(value, safe="-_.~")
+
+
 def _quote(path: str) -> str:
     # RFC 3986 unreserved characters stay, everything else is escaped (S3's rule for
     # the canonical URI; "/" separates segments). S3 does not escape twice.
@@ -247,6 +252,9 @@ class SigV4S3Client(S3StorageDriverClient):
         loop = asyncio.get_running_loop()
         client = self._clients.get(id(loop))
         if client is None or client.is_closed:
+            quiet = logging.getLogger("httpx")
+            if quiet.level == logging.NOTSET:  # not one INFO line per payload request
+                quiet.setLevel(logging.WARNING)
             client = httpx.AsyncClient(timeout=self._timeout)
             self._clients = {
                 k: c for k, c in self._clients.items() if not c.is_closed and k != id(loop)
@@ -255,7 +263,13 @@ class SigV4S3Client(S3StorageDriverClient):
         return client
 
     def signed_headers(
-        self, method: str, host: str, path: str, body: bytes, now: datetime.datetime | None = None
+        self,
+        method: str,
+        host: str,
+        path: str,
+        body: bytes,
+        now: datetime.datetime | None = None,
+        query: str = "",
     ) -> dict[str, str]:
         """The headers of a Signature V4 request (``Authorization`` included)."""
         now = now or datetime.datetime.now(datetime.UTC)
@@ -272,7 +286,7 @@ class SigV4S3Client(S3StorageDriverClient):
             [
                 method,
                 path,
-                "",
+                query,
                 "".join(f"{n}:{headers[n].strip()}\n" for n in names),
                 ";".join(names),
                 payload_hash,
@@ -292,14 +306,26 @@ class SigV4S3Client(S3StorageDriverClient):
         )
         return headers
 
-    async def request(self, method: str, bucket: str, key: str, body: bytes = b"") -> Any:
+    async def request(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        body: bytes = b"",
+        query: Mapping[str, str] | None = None,
+    ) -> Any:
         """One signed request (retried on transient failures); returns the response."""
         import httpx
 
         url, host, path = self.location.url(bucket, key)
+        canonical_query = "&".join(
+            f"{_quote_arg(k)}={_quote_arg(v)}" for k, v in sorted((query or {}).items())
+        )
+        if canonical_query:
+            url = f"{url}?{canonical_query}"
         delay = 0.2
         for attempt in range(4):
-            headers = self.signed_headers(method, host, path, body)
+            headers = self.signed_headers(method, host, path, body, query=canonical_query)
             try:
                 response = await self._http().request(
                     method, url, headers=headers, content=body or None
@@ -335,6 +361,30 @@ class SigV4S3Client(S3StorageDriverClient):
             raise S3Error("GET", str(response.url), response.status_code, response.content)
         return response.content
 
+    async def usage(self, bucket: str, prefix: str = "") -> tuple[int, int]:
+        """``(objects, bytes)`` under ``prefix`` (after :attr:`S3Location.prefix`); for
+        sizing a bucket (``ListObjectsV2``, needs ``s3:ListBucket``)."""
+        import re
+
+        objects = size = 0
+        token = None
+        while True:
+            query = {"list-type": "2", "prefix": self.location.prefix + prefix}
+            if token:
+                query["continuation-token"] = token
+            response = await self.request("GET", bucket, "", query=query)
+            if response.status_code >= 300:
+                raise S3Error("GET", str(response.url), response.status_code, response.content)
+            sizes = re.findall(r"<Size>(\d+)</Size>", response.text)
+            objects += len(sizes)
+            size += sum(int(n) for n in sizes)
+            found = re.search(
+                r"<NextContinuationToken>([^<]+)</NextContinuationToken>", response.text
+            )
+            if not found:
+                return objects, size
+            token = found.group(1)
+
     async def create_bucket(self, bucket: str) -> None:
         """Create ``bucket`` if it does not exist (tests and local setups; the driver
         never creates one)."""
@@ -356,7 +406,7 @@ class PayloadStorage:
     """Payload storage settings (from :class:`WorkerEnv`, see :meth:`from_env`)."""
 
     location: S3Location | None
-    threshold_bytes: int = 64 * 1024
+    threshold_bytes: int = 16 * 1024
     compression: str | None = None
     access_key: str | None = dataclasses.field(default=None, repr=False)
     secret_key: str | None = dataclasses.field(default=None, repr=False)

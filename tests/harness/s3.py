@@ -100,7 +100,9 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=256",
+            # every bucket is a collection that grows several volumes: room for many
+            "-master.volumeSizeLimitMB=1024",
+            "-volume.max=200",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
         self.process = ManagedProcess(self.name, args, self.log_dir)
@@ -142,18 +144,21 @@ class SeaweedFS:
             **fields,
         )
 
-    def objects(self, bucket: str) -> int:
-        """How many objects ``bucket`` holds (the S3 list API, first 1,000)."""
+    def usage(self, bucket: str, prefix: str = "") -> tuple[int, int]:
+        """``(objects, bytes)`` in ``bucket`` under ``prefix``."""
         client = self.client(bucket)
 
-        async def count() -> int:
+        async def usage() -> tuple[int, int]:
             try:
-                resp = await client.request("GET", bucket, "")
-                return resp.text.count("<Key>")
+                return await client.usage(bucket, prefix)
             finally:
                 await client.aclose()
 
-        return _run(count())
+        return _run(usage())
+
+    def objects(self, bucket: str) -> int:
+        """How many objects ``bucket`` holds."""
+        return self.usage(bucket)[0]
 
     def start(self) -> SeaweedFS:
         self.process.start()
