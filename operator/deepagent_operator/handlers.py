@@ -33,6 +33,7 @@ from .kube import Kube, make_api_client
 from .metrics import OperatorMetrics
 from .model import SpecError
 from .reconcile import Reconciler
+from .state import WATCHED_KINDS
 
 log = logging.getLogger("deepagent_operator")
 
@@ -44,6 +45,7 @@ CHILD_RESOURCES = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
 }
 CHILD_SELECTOR = f"{MANAGED_BY}={MANAGER}"
+assert tuple(CHILD_RESOURCES) == WATCHED_KINDS
 
 
 def backoff(retry: int, config: OperatorConfig) -> float:

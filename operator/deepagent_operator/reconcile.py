@@ -24,7 +24,7 @@ from typing import Any
 
 import pydantic
 
-from . import MANAGER
+from . import KIND, MANAGER
 from .children import (
     AGENT_LABEL,
     build_children,
@@ -66,7 +66,15 @@ from .redis_auth import (
     probe_managed_redis,
     probe_redis,
 )
-from .state import AgentKey, AgentLocks, AgentState, AgentStates, Rejection
+from .state import (
+    WATCHED_KINDS,
+    AgentKey,
+    AgentLocks,
+    AgentState,
+    AgentStates,
+    Cached,
+    Rejection,
+)
 
 log = logging.getLogger("deepagent_operator")
 
@@ -140,8 +148,11 @@ class Reconciler:
     def reconcile(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         """Bring the children of one DeepAgent to the desired state; return its status.
 
-        Children that should not exist are looked up only if the child watch has seen them,
-        or always when ``thorough`` (the periodic resync).
+        Children that should not exist are looked up only if the child watch has seen them.
+        ``thorough`` (the periodic resync) re-reads what no watch covers (referenced Secrets
+        and ConfigMaps, the Redis password Secret) and compares the watched children as the
+        child watch last saw them: a resync with nothing changed reads no child. Before any
+        write the children are read again.
         Raises :class:`SpecError` (after writing a Failed condition) on semantic errors.
         """
         meta = body["metadata"]
@@ -170,6 +181,21 @@ class Reconciler:
         obj = self.kube.get(kind, ns, name)
         return None if obj is None else data_of(obj)
 
+    def _observe(
+        self, ns: str, state: AgentState, keys: list[ChildKey], use_cache: bool
+    ) -> tuple[dict[ChildKey, dict[str, Any] | None], bool]:
+        """The live children (``use_cache``: watched kinds as the watch last saw them);
+        and whether any came from that cache."""
+        observed: dict[ChildKey, dict[str, Any] | None] = {}
+        cached = False
+        for key in keys:
+            hit = state.children.get(key) if use_cache and key[0] in WATCHED_KINDS else None
+            if hit is not None:
+                observed[key], cached = hit.load(), True
+            else:
+                observed[key] = self.kube.get(key[0], ns, key[1])
+        return observed, cached
+
     def _reconcile_locked(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -187,14 +213,12 @@ class Reconciler:
             check_references(spec, ref_data)
             # Every child name is checked before anything is written: an object this agent
             # does not control is never overwritten, adopted or deleted.
-            unwanted = [
-                key for key in unwanted_children(name, spec) if thorough or key in state.seen
-            ]
-            observed: dict[ChildKey, dict[str, Any] | None] = {
-                key: self.kube.get(key[0], ns, key[1])
-                for key in [*wanted_children(name, spec), *unwanted]
-            }
-            conflicts = find_conflicts(wanted_children(name, spec), observed, uid)
+            wanted = wanted_children(name, spec)
+            unwanted = [key for key in unwanted_children(name, spec) if key in state.seen]
+            observed, cached = self._observe(ns, state, [*wanted, *unwanted], thorough)
+            if cached and find_conflicts(wanted, observed, uid):
+                observed, cached = self._observe(ns, state, [*wanted, *unwanted], False)
+            conflicts = find_conflicts(wanted, observed, uid)
             if conflicts:
                 raise not_owned_error(conflicts)
             if spec.streaming.redis.mode == "Managed":
@@ -205,9 +229,13 @@ class Reconciler:
                 ref_data[("Secret", sname)] = redis_auth
             hash_ = config_hash(spec, self.config, ref_data)
             desired = build_children(body, spec, self.config, hash_, redis_auth)
-            # (Unwanted children are looked up only if the child watch has seen them, or
-            # always on the periodic resync, ``thorough``, which also catches missed events.)
             plan = plan_children(desired, unwanted, observed, uid)
+            if cached and (plan.apply or plan.delete):  # write only what is really live
+                observed, _ = self._observe(ns, state, [*wanted, *unwanted], False)
+                conflicts = find_conflicts(wanted, observed, uid)
+                if conflicts:
+                    raise not_owned_error(conflicts)
+                plan = plan_children(desired, unwanted, observed, uid)
             live = dict(plan.unchanged)
             for obj in plan.apply:
                 live[obj["kind"]] = self._apply(body, spec, state, obj, observed[child_key(obj)])
@@ -219,6 +247,7 @@ class Reconciler:
         for kind, cname in plan.delete:
             self.kube.delete(kind, ns, cname)
             state.seen.discard((kind, cname))
+            state.children.pop((kind, cname), None)
             self.metrics.child_writes.inc()
             self.event(body, "Normal", *delete_event(kind, cname))
         for obj in desired:
@@ -274,6 +303,7 @@ class Reconciler:
             state.rejections[key] = Rejection(digest, err, attempts, time.monotonic() + delay)
             raise err from None
         state.rejections.pop(key, None)
+        state.children[key] = Cached(new)
         self.metrics.child_writes.inc()
         self.event(body, "Normal", *write_event(key[0], key[1], before, obj))
         autoscaling = spec.autoscaling
@@ -403,7 +433,15 @@ class Reconciler:
     def on_child_event(self, kind: str, event_type: str | None, child: Mapping[str, Any]) -> str:
         """React to a watch event of a child; returns what was done (for logs and tests)."""
         meta = child.get("metadata") or {}
-        agent = (meta.get("labels") or {}).get(AGENT_LABEL)
+        # The agent label, or (someone removed it) the DeepAgent controlling the child.
+        agent = (meta.get("labels") or {}).get(AGENT_LABEL) or next(
+            (
+                r.get("name")
+                for r in meta.get("ownerReferences") or []
+                if r.get("kind") == KIND and r.get("controller")
+            ),
+            None,
+        )
         ns, cname = meta.get("namespace"), meta.get("name")
         if not agent or not ns:
             return "ignored"
@@ -415,11 +453,14 @@ class Reconciler:
                 state.seen.discard(key)
                 state.generations.pop(key, None)
                 state.digests.pop(key, None)
+                state.children.pop(key, None)
             self.metrics.drift_repairs.inc()
             self.reconcile_by_name(ns, agent)
             return "reconciled"
         state = self.agents.get((ns, agent))
         state.seen.add(key)
+        if kind in WATCHED_KINDS:
+            state.children[key] = Cached(child)
         if event_type is None:  # initial listing: the resume handler reconciles
             if gen is not None:
                 state.generations.setdefault(key, gen)

@@ -3,8 +3,9 @@
 * :class:`AgentLocks` - one lock per agent that exists only while a thread holds it or waits
   for it (reference counted), so a late event for a deleted agent cannot leak one, and
   forgetting an agent never drops a lock an in-flight reconcile holds.
-* :class:`AgentState` - what the child watch has seen, the generations and status inputs of
-  the children, the status last written, the child writes the API server refused (backoff).
+* :class:`AgentState` - what the child watch has seen (and the children as last seen), the
+  generations and status inputs of the children, the status last written, the child writes
+  the API server refused (back-off).
   The reconciler drops it when the agent is deleted, when a reconcile finds the agent gone,
   and for every agent the periodic resync no longer lists.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +25,22 @@ from .model import SpecError
 AgentKey = tuple[str, str]
 #: (kind, name) of a child in the agent's namespace
 ChildKey = tuple[str, str]
+#: Child kinds the operator watches (Secrets never: that would need list on all of them).
+WATCHED_KINDS = ("Deployment", "StatefulSet", "Service", "NetworkPolicy", "HorizontalPodAutoscaler")
+
+
+class Cached:
+    """A child as the cache keeps it: compact JSON without managedFields (the bulk of it, only
+    needed right before a write, which reads the object again); a tenth of the parsed size."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, obj: Any) -> None:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+        self._raw = json.dumps({**obj, "metadata": meta}, separators=(",", ":"))
+
+    def load(self) -> dict[str, Any]:
+        return json.loads(self._raw)
 
 
 @dataclasses.dataclass
@@ -48,6 +66,9 @@ class AgentState:
     written: tuple[Any, dict[str, Any]] | None = None
     #: child writes the API server refused (HTTP 400 / 422), for back-off
     rejections: dict[ChildKey, Rejection] = dataclasses.field(default_factory=dict)
+    #: the watched children as last seen (watch event or write): a resync with nothing
+    #: changed compares against these instead of reading every child again
+    children: dict[ChildKey, Cached] = dataclasses.field(default_factory=dict)
 
 
 class AgentLocks:

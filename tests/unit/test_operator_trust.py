@@ -15,6 +15,7 @@ from deepagent_operator import MANAGER
 from deepagent_operator.config import OperatorConfig
 from deepagent_operator.model import SpecError
 from deepagent_operator.reconcile import HANDOFF_MANAGER, Reconciler
+from deepagent_operator.state import Cached
 from deepagent_operator.status import ProbeResult
 from tests.unit.test_operator_reconciler import SPEC, MemoryStore, agent
 
@@ -295,3 +296,48 @@ def test_forget_never_drops_a_lock_that_a_reconcile_holds():
     assert max(overlap) == 1  # never two reconciles of one agent at once
     rec.forget(NS, "coder")
     assert rec.state_size() == {"agents": 0, "locks": 0, "refresh_pending": 0}
+
+
+# -- the resync reads no child the watch already shows -----------------------------------------
+def test_resync_compares_watched_children_from_the_watch_and_reads_before_writing():
+    store, rec, _ = make()
+    rec.reconcile(body(store))
+    for kind, name in [
+        ("Deployment", "coder-worker"),
+        ("StatefulSet", "coder-redis"),
+        ("Service", "coder-redis"),
+        ("NetworkPolicy", "coder-redis"),
+    ]:
+        rec.on_child_event(kind, None, store.get(kind, NS, name))  # the watch's listing
+    reads: list[tuple[str, str]] = []
+    real_get = store.get
+
+    def counting_get(kind, ns, name):
+        reads.append((kind, name))
+        return real_get(kind, ns, name)
+
+    agent_body = body(store)
+    store.get = counting_get  # type: ignore[method-assign]
+    store.writes.clear()
+    rec.reconcile(agent_body, thorough=True)
+    # Only what no watch covers: the referenced Secret and the Redis password Secret.
+    assert sorted(reads) == [("Secret", "coder-redis-auth"), ("Secret", "keys")]
+    assert store.child_writes() == []
+    # A stale cache never causes a write: the children are read again first.
+    stale = store.objects[("Deployment", NS, "coder-worker")]
+    old = copy.deepcopy(stale)
+    old["spec"]["template"]["metadata"]["annotations"]["deepagent.dev/config-hash"] = "old"
+    rec.agents.peek((NS, "coder")).children[("Deployment", "coder-worker")] = Cached(old)
+    reads.clear()
+    rec.reconcile(agent_body, thorough=True)
+    assert ("Deployment", "coder-worker") in reads and store.child_writes() == []
+
+
+def test_a_child_without_its_agent_label_is_still_its_agents():
+    store, rec, _ = make()
+    rec.reconcile(body(store))
+    np = store.objects[("NetworkPolicy", NS, "coder-redis")]
+    del np["metadata"]["labels"]["deepagent.dev/agent"]  # a hand edit
+    assert rec.on_child_event("NetworkPolicy", "MODIFIED", copy.deepcopy(np)) == "reconciled"
+    restored = store.get("NetworkPolicy", NS, "coder-redis")
+    assert restored["metadata"]["labels"]["deepagent.dev/agent"] == "coder"
