@@ -98,6 +98,7 @@ class RunStreamReader:
                     return
                 await asyncio.sleep(self.poll_interval.total_seconds())
             except WorkflowUpdateFailedError as err:
+                _reraise_cancellation()
                 cause_type = getattr(err.cause, "type", None)
                 if cause_type == "TruncatedOffset":
                     offset = 0
@@ -107,6 +108,7 @@ class RunStreamReader:
                 failures += 1
                 await asyncio.sleep(min(0.05 * failures, 1.0))
             except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowQueryFailedError):
+                _reraise_cancellation()
                 failures += 1
                 closed = await self._is_closed(handle, failures)
                 if closed and failures > 20:
@@ -137,6 +139,15 @@ class RunStreamReader:
             )
             for wire in result.items
         ]
+
+
+def _reraise_cancellation() -> None:
+    """Temporal's client turns a cancelled RPC into its own error: when our task is being
+    cancelled (the consumer left, the loop closes), honour the cancellation instead of
+    retrying, or the poll would never end."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _until(deadline: float | None, run: str, aw: Any) -> Any:
