@@ -82,6 +82,9 @@ log = logging.getLogger("deepagent_operator")
 HANDOFF_MANAGER = f"{MANAGER}-replicas-handoff"
 #: HTTP codes of a child write that the API server refused as invalid.
 REJECTED = (400, 422)
+#: ... and what it says with a 500 when a free-form field (affinity, tolerations) has the
+#: wrong shape for server-side apply: as deterministic as a 422.
+TYPED_PATCH_ERROR = "failed to create typed patch object"
 
 
 def _digest(obj: Mapping[str, Any]) -> str:
@@ -295,7 +298,7 @@ class Reconciler:
                 self.metrics.child_writes.inc()
             new = self.kube.apply(obj)
         except ApiError as e:
-            if e.status not in REJECTED:
+            if e.status not in REJECTED and TYPED_PATCH_ERROR not in (e.message or ""):
                 raise
             attempts = rejected.attempts + 1 if rejected is not None else 1
             delay = min(self.config.max_backoff_seconds, 5.0 * 2 ** min(attempts - 1, 16))

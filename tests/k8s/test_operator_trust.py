@@ -317,6 +317,14 @@ def test_refused_statefulset_write_says_what_the_server_said(k8s_cluster, kube, 
     k8s_cluster.kubectl("delete", "da", "badsts", "-n", ns)
 
 
+def test_wrongly_shaped_free_form_field_is_a_condition(k8s_cluster, kube, ns, operator):
+    # affinity is free-form in the CRD; server-side apply refuses its shape (with a 500).
+    apply(k8s_cluster, ns, "badaff", {"affinity": {"nodeAffinity": "oops"}})
+    c = wait_cond(kube, ns, "badaff", "SpecValid", "False", "ChildRejected", logs=operator.log_tail)
+    assert "nodeAffinity: expected map" in c["message"]
+    k8s_cluster.kubectl("delete", "da", "badaff", "-n", ns)
+
+
 # -- 3. Managed Redis authentication -----------------------------------------------------------
 def password_of(kube, ns, name) -> str:
     return base64.b64decode(

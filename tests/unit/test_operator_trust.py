@@ -13,6 +13,7 @@ import pytest
 
 from deepagent_operator import MANAGER
 from deepagent_operator.config import OperatorConfig
+from deepagent_operator.kube import ApiError
 from deepagent_operator.model import SpecError
 from deepagent_operator.reconcile import HANDOFF_MANAGER, Reconciler
 from deepagent_operator.state import Cached
@@ -141,6 +142,24 @@ def test_refused_write_reports_the_servers_message_and_backs_off(monkeypatch):
     rec.reconcile(fixed)
     assert condition(store, "SpecValid")["status"] == "True"
     assert rec.agents.peek((NS, "coder")).rejections == {}
+
+
+def test_typed_patch_errors_are_refusals_too():
+    store, rec, _ = make()
+    message = "failed to create typed patch object (agents/coder-worker; apps/v1, Kind=Deployment)"
+
+    def refuse(obj, manager=MANAGER):
+        raise ApiError(
+            500,
+            {"message": message + ": .spec...affinity.nodeAffinity: expected map"},
+            "PATCH",
+            "x",
+        )
+
+    store.apply = refuse  # type: ignore[method-assign]
+    with pytest.raises(SpecError) as exc:
+        rec.reconcile(body(store))
+    assert exc.value.reason == "ChildRejected" and "expected map" in str(exc.value)
 
 
 # -- 3. the Redis password: a config file in the Secret, and AUTH + PING ----------------------
