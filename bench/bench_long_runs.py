@@ -1,9 +1,9 @@
 """Long runs: a 1,000-step agent loop stays durable (continue-as-new, payloads in S3).
 
 The graph is ``deepagent_temporal.examples.shapes:long_loop``: ``think`` (a short
-streamed model reply) then ``tool`` (a note of pseudo-random words, like a file-reading
-tool's output: Zipf-distributed words; the state compresses 3.5x with zstd) in a loop. The worker runs
-in its own process with Redis (token streaming on) and payload storage on a real
+streamed model reply) then ``tool`` (a note of pseudo-random, Zipf-distributed words,
+like a file-reading tool's output; the state compresses 3.5x with zstd) in a loop. The
+worker runs in its own process with Redis (token streaming on) and payload storage on a real
 SeaweedFS (S3 API), zstd compression, at the default history budget (10 MB / 10,000
 events per run) and the default storage threshold (16 KiB; a second row at 1 KiB, where
 every payload but the smallest goes to the bucket: the floor of history per step).
