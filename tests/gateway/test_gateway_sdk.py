@@ -98,7 +98,7 @@ async def test_interrupt_and_resume_with_command(sdk):
     interrupts = [
         p.data["__interrupt__"] for p in parts if p.event == "updates" and "__interrupt__" in p.data
     ]
-    assert interrupts and interrupts[0][0]["value"] == {"question": "Go ahead?"}
+    assert len(interrupts) == 1 and interrupts[0][0]["value"] == {"question": "Go ahead?"}
     assert list(_texts(parts).values()) == [shapes._chat_model.script[0]]
     assert parts[-1].event == "end" and parts[-1].data["status"] == "interrupted"
     state = await sdk.threads.get_state(tid)
@@ -188,3 +188,63 @@ async def test_api_key_required(gateway):
         ok = await http.post("/assistants/search", json={}, headers={"x-api-key": gateway.api_key})
         assert ok.status_code == 200
         assert DEEP in [a["assistant_id"] for a in ok.json()]
+
+
+async def test_redis_killed_mid_stream_every_token_once(sdk, redis_server):
+    """Redis SIGKILLed mid-answer behind the gateway: the SSE client still gets every
+    token exactly once (the rest through the Temporal path / the durable record)."""
+    thread = await sdk.threads.create()
+    parts = []
+    try:
+        async for p in sdk.runs.stream(
+            thread["thread_id"],
+            "deepagent_temporal.examples.shapes:long_agent",
+            input=INPUT,
+            stream_mode="messages-tuple",
+        ):
+            parts.append(p)
+            if sum(x.event == "messages" for x in parts) == 40:
+                redis_server.kill()
+    finally:
+        if not redis_server.process.running:
+            redis_server.start()
+    assert parts[-1].event == "end"
+    assert sorted(_texts(parts).values()) == sorted(["Adding first.", shapes.LONG_TEXT])
+
+
+async def test_join_on_another_replica(sdk, gateway):
+    """A stream left on one gateway resumes on a second one from its last event id."""
+    from langgraph_sdk import get_client
+
+    from deepagent_temporal.gateway.app import Gateway, create_app
+    from tests.gateway.conftest import running_gateway
+
+    gw = gateway.gateway
+    replica = Gateway(gw.client, gw.assistants, gw.runs.task_queue, gw.redis)
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    first, run_id, last_id = [], None, None
+    stream = sdk.runs.stream(
+        tid,
+        "chat_approval",
+        input={"messages": [{"role": "user", "content": "plan"}]},
+        stream_mode=["messages-tuple", "updates"],
+    )
+    async for p in stream:
+        run_id = p.data["run_id"] if p.event == "metadata" else run_id
+        first.append(p)
+        last_id = p.id
+        if sum(x.event == "messages" for x in first) == 5:
+            break
+    await stream.aclose()
+    async with running_gateway(create_app(replica, frozenset({gateway.api_key}))) as url:
+        other = get_client(url=url, api_key=gateway.api_key)
+        rest = [
+            p
+            async for p in other.runs.join_stream(
+                tid, run_id, last_event_id=last_id, stream_mode=["messages-tuple", "updates"]
+            )
+        ]
+    text = "".join(_texts(first).values()) + "".join(_texts(rest).values())
+    assert text == shapes._chat_model.script[0]
+    assert any(p.event == "updates" and "__interrupt__" in p.data for p in rest)

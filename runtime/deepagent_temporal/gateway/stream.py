@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in
+from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger
 from deepagent_temporal.client.run_stream import RunStreamReader
 from deepagent_temporal.contract import (
     CUSTOM_TOPIC,
@@ -37,6 +37,7 @@ from deepagent_temporal.contract import (
 )
 from deepagent_temporal.gateway.cursor import CallProgress, Cursor, call_hash
 from deepagent_temporal.gateway.messages import messages_event
+from deepagent_temporal.gateway.sources import fan_in, quiet
 from deepagent_temporal.transport.temporal import expand
 
 #: stream modes answered from token events
@@ -108,6 +109,7 @@ class SegmentStream:
         self.error: str | None = None
         self.ended_by_marker = False
         self.paused = False
+        self.interrupt_shown = False
         self._replayed: dict[str, CallProgress] = {}
         self.pending_fill: dict[str, CallProgress] = dict(cursor.calls)
 
@@ -157,19 +159,21 @@ class SegmentStream:
         self.batch_resets = []
 
     def _emit(
-        self, shown: list[tuple[str, Any]], offset: int | None = None, redis_id: str | None = None
+        self, shown: list[Item], offset: int | None = None, redis_id: str | None = None
     ) -> list[Item]:
-        """Ids for one batch's events: the last one says the batch was consumed."""
+        """One batch's events: all but the last keep the cursor from when they were made
+        (the batch not consumed yet, the progress up to them); the last one says the
+        batch was consumed."""
         if not shown:
             self._end_batch(offset, redis_id)
             return []
-        out: list[Item] = [(name, data, self._id()) for name, data in shown[:-1]]
+        out = shown[:-1]  # each with the cursor taken when it was made
         self._end_batch(offset, redis_id)
         out.append((shown[-1][0], shown[-1][1], self._id()))
         return out
 
-    def _show_tokens(self, delivered: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-        shown: list[tuple[str, Any]] = []
+    def _show_tokens(self, delivered: list[dict[str, Any]]) -> list[Item]:
+        shown: list[Item] = []
         for ev in delivered:
             if not self._track(ev) or not self.want_tokens:
                 continue
@@ -177,7 +181,8 @@ class SegmentStream:
                 continue
             if not ev.get("token") and not ev.get("tool_call_chunks"):
                 continue
-            shown.append(messages_event(ev, self.spec.metadata, self.spec.subgraphs))
+            name, data = messages_event(ev, self.spec.metadata, self.spec.subgraphs)
+            shown.append((name, data, self._id()))
         return shown
 
     def _settle(self, force: bool) -> list[dict[str, Any]]:
@@ -205,7 +210,10 @@ class SegmentStream:
             return []
         kind = data.get("kind")
         if topic == GRAPH_TOPIC:
-            return [(kind, data.get("data"))] if kind in modes else []
+            chunk = data.get("data")
+            if kind == "updates" and isinstance(chunk, dict) and "__interrupt__" in chunk:
+                self.interrupt_shown = True  # LangGraph's own interrupt update
+            return [(kind, chunk)] if kind in modes else []
         if topic != RUN_TOPIC or not self._current(data) or kind not in RUN_ENDING_MARKERS:
             return []
         if self.ending_deadline is None:
@@ -218,13 +226,13 @@ class SegmentStream:
             self.paused = True
             interrupts = {"__interrupt__": list((data.get("data") or {}).get("interrupts") or [])}
             if "updates" in modes:
-                return [("updates", interrupts)]
+                return [] if self.interrupt_shown else [("updates", interrupts)]
             if "values" in modes:
                 return [("values", interrupts)]
         return []
 
     def _temporal_item(self, item: Any) -> list[Item]:
-        shown: list[tuple[str, Any]] = []
+        shown: list[Item] = []
         if item.topic == TOKENS_TOPIC:
             delivered: list[dict[str, Any]] = []
             for raw in expand(item.data):
@@ -237,7 +245,7 @@ class SegmentStream:
                 delivered.extend(self.merger.push(raw))
             shown = self._show_tokens(delivered)
         else:
-            shown = self._graph_item(item.topic, item.data)
+            shown = [(n, d, self._id()) for n, d in self._graph_item(item.topic, item.data)]
         return self._emit(shown, offset=item.offset + 1)
 
     def _redis_entry(self, entry_id: str, events: list[dict[str, Any]]) -> list[Item]:
@@ -260,7 +268,7 @@ class SegmentStream:
         pending = dict(cur.calls)
         held: dict[str, list[dict[str, Any]]] = {}
         samples: dict[str, dict[str, Any]] = {}
-        shown: list[tuple[str, Any]] = []
+        shown: list[Item] = []
 
         def feed(ev: dict[str, Any]) -> None:
             h = call_hash(ev)
@@ -368,7 +376,7 @@ class SegmentStream:
             "temporal": self.reader.items(self.handle, TOPICS, self.offset, None)
         }
         if self.redis is not None and self.want_tokens:
-            sources["redis"] = _quiet(
+            sources["redis"] = quiet(
                 self.redis.subscribe(
                     self.handle.id,
                     self.run_id,
@@ -473,13 +481,6 @@ class SegmentStream:
         if status in ("FAILED", "TIMED_OUT"):
             return ("RunError", f"run {self.handle.id} {status.lower()}")
         return None
-
-
-async def _quiet(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """The Redis path is best effort: the durable path decides how the segment ends."""
-    with contextlib.suppress(Exception):
-        async for ev in events:
-            yield ev
 
 
 __all__ = ["SegmentStream", "StreamSpec", "TOKEN_MODES"]
