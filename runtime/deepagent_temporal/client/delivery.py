@@ -298,6 +298,8 @@ class TokenStreamMerger:
 
 #: what :func:`fan_in` queues as ``(name, SOURCE_DONE)`` when a source has ended
 SOURCE_DONE = object()
+#: how long leaving :func:`fan_in` waits for each source to stop
+PUMP_STOP_SECONDS = 1.0
 
 
 @contextlib.asynccontextmanager
@@ -327,14 +329,14 @@ async def fan_in(sources: Mapping[Any, AsyncIterator[Any]]) -> AsyncIterator[asy
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        # A Temporal long poll may answer its cancellation only when the server does:
+        # leaving does not wait for that (the pump ends on its own, cancelled).
+        await asyncio.wait(tasks, timeout=PUMP_STOP_SECONDS)
         for src in sources.values():
             aclose = getattr(src, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(BaseException):
-                    await aclose()
+                    await asyncio.wait_for(aclose(), PUMP_STOP_SECONDS)
 
 
 __all__ = ["SOURCE_DONE", "TokenStreamMerger", "fan_in"]
