@@ -18,7 +18,9 @@ Rows:
 3. 1,000 steps, a worker SIGKILLed mid-node around step 500, a second worker takes over:
    executions per (node, step) counted by the graph itself (a file each execution
    appends to): only the interrupted node runs twice; the stream is still exactly once.
-4. Compression of the long-loop state (one activity input at step 1,000) with zstd and
+4. 200 steps, 4 KB outputs, with storage and without (the state stays under 2 MB, so
+   both complete): what payload storage changes in time and history.
+5. Compression of the long-loop state (one activity input at step 1,000) with zstd and
    zlib, against none.
 
 Usage: ``python bench/bench_long_runs.py [--quick]`` (``--quick``: 200 / 40 / 200 steps).
@@ -207,6 +209,29 @@ async def scenario_long(
     ]
 
 
+async def scenario_without_storage(bench: Bench, steps: int) -> list[str]:
+    """The same loop, short enough to fit without storage: what storage changes."""
+    tq = f"plain-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(
+        GRAPH, bench.temporal.address, tq, redis_url=bench.redis.url, log_dir=bench.log_dir
+    )
+    bench.workers.append(worker)
+    worker.start()
+    client = await Client.connect(bench.temporal.address, data_converter=data_converter)
+    values, elapsed, events, thread = await bench.run(
+        client, tq, {"limit": steps, "note_bytes": 4096, "note_kind": "text"}
+    )
+    baseline = await in_process_seconds(steps, 4096)
+    note, per_step, within = await history_note(client, thread, steps)
+    overhead_ms = (elapsed - baseline) / steps * 1000
+    return [
+        f"| {steps} steps x 4 KB, streaming, **no storage** | completed | {elapsed:.1f} s "
+        f"({elapsed / steps * 1000:.1f} ms/step) | +{overhead_ms:.1f} ms/step | "
+        f"{per_step / 1000:.2f} KB/step | {'within budget' if within else 'OVER BUDGET'}: "
+        f"{note} | {check_stream(values, events)} |"
+    ]
+
+
 async def scenario_big(bench: Bench, client: Client, steps: int) -> list[str]:
     tq = f"big-{uuid.uuid4().hex[:6]}"
     # a smaller events budget: a replay (failover, a query once the run is over)
@@ -309,6 +334,7 @@ def compression_rows(steps: int) -> list[str]:
 
 async def main(quick: bool) -> None:
     long_steps, big_steps, kill_steps = (200, 40, 200) if quick else (1000, 200, 1000)
+    short_steps = 100 if quick else 200  # fits without storage (state under 2 MB)
     with TemporalDevServer() as temporal, RedisServer() as redis, SeaweedFS() as s3:
         bench = Bench(temporal, redis, s3)
         try:
@@ -317,6 +343,8 @@ async def main(quick: bool) -> None:
             for label, scenario in (
                 ("long", scenario_long(bench, client, long_steps)),
                 ("long, threshold 1 KiB", scenario_long(bench, client, long_steps, 1024)),
+                ("short, storage", scenario_long(bench, client, short_steps)),
+                ("short, no storage", scenario_without_storage(bench, short_steps)),
                 ("big", scenario_big(bench, client, big_steps)),
                 ("worker killed", scenario_kill(bench, client, kill_steps)),
             ):
