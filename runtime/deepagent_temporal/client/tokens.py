@@ -15,14 +15,13 @@ token of the run was read before it). Both waits are bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in
+from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in, quiet
 from deepagent_temporal.contract import (
     CUSTOM_TOPIC,
     GRAPH_TOPIC,
@@ -45,13 +44,6 @@ logger = logging.getLogger(__name__)
 
 def _call_key(ev: dict[str, Any]) -> tuple[Any, ...]:
     return (ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1), ev.get("llm_call"))
-
-
-async def _quiet(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """The Redis path is best effort here: the Temporal path decides how the run ends."""
-    with contextlib.suppress(Exception):
-        async for ev in events:
-            yield ev
 
 
 async def merge_token_stream(
@@ -122,7 +114,7 @@ async def merge_token_stream(
 
     sources: dict[str, AsyncIterator[Any]] = {"temporal": temporal_items}
     if redis_backend is not None and run_id is not None:
-        sources["redis"] = _quiet(
+        sources["redis"] = quiet(
             redis_backend.subscribe(
                 workflow_id, run_id, stop_on_complete=False, on_idle=on_redis_idle
             )

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger
+from deepagent_temporal.client.delivery import SOURCE_DONE, TokenStreamMerger, fan_in, quiet
 from deepagent_temporal.client.run_stream import RunStreamReader
 from deepagent_temporal.contract import (
     CUSTOM_TOPIC,
@@ -37,7 +37,6 @@ from deepagent_temporal.contract import (
 )
 from deepagent_temporal.gateway.cursor import CallProgress, Cursor, call_hash
 from deepagent_temporal.gateway.messages import messages_event
-from deepagent_temporal.gateway.sources import fan_in, quiet
 from deepagent_temporal.transport.temporal import expand
 
 #: stream modes answered from token events
