@@ -76,7 +76,6 @@ def served_gateway(temporal_server, redis_server, gateway_worker, tmp_path_facto
     proc.stop()
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_js_sdk_stream_and_join(served_gateway):
     url, key = served_gateway
     script = _npm_install()
