@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from deepagent_temporal.contract import WorkerEnv
 
+from . import worker_spec as ws
 from .corev1 import (
     NAME_PATTERN,
     EnvFromSource,
@@ -377,6 +378,9 @@ class DeepAgentSpec(KubeModel):
     health_port: int = Field(
         default=8080, ge=1, le=65535, description=f"{_env('health_port')} (/healthz, /readyz)."
     )
+    shutdown_grace_seconds: int | None = ws.SHUTDOWN_GRACE_FIELD
+    payload_storage: ws.PayloadStorageSpec | None = ws.PAYLOAD_STORAGE_FIELD
+    history: ws.HistorySpec | None = ws.HISTORY_FIELD
     autoscaling: AutoscalingSpec | None = Field(
         default=None,
         description="Create a HorizontalPodAutoscaler; the operator then leaves replicas alone.",

@@ -94,6 +94,12 @@ def referenced_objects(spec: DeepAgentSpec) -> list[Ref]:
         refs.append(
             Ref("Secret", r.name, "spec.streaming.redis.urlSecretRef", bool(r.optional), (r.key,))
         )
+    storage = spec.payload_storage
+    if storage is not None and storage.credentials_secret_ref is not None:
+        c = storage.credentials_secret_ref
+        refs.append(
+            Ref("Secret", c.name, "spec.payloadStorage.credentialsSecretRef", False, c.keys())
+        )
     return refs
 
 

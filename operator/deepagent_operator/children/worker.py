@@ -9,6 +9,7 @@ from deepagent_temporal.contract import WorkerEnv
 
 from ..config import OperatorConfig
 from ..model import DeepAgentSpec
+from ..worker_spec import termination_grace_seconds
 from .common import (
     CONTAINER_SECURITY,
     HASH_ANNOTATION,
@@ -48,9 +49,15 @@ def worker_env(
         "stream_maxlen": streaming.max_len,
         "stream_ttl_seconds": streaming.ttl_seconds,
         "health_port": spec.health_port,
+        "shutdown_grace_seconds": spec.shutdown_grace_seconds,
     }
     # field -> secretKeyRef, for the variables that come from a Secret
     secret_refs: dict[str, dict[str, Any]] = {}
+    if spec.payload_storage is not None:
+        values.update(spec.payload_storage.worker_values())
+        secret_refs.update(spec.payload_storage.secret_refs())
+    if spec.history is not None:
+        values.update(spec.history.worker_values())
     if t.api_key_secret_ref is not None:
         secret_refs["temporal_api_key"] = t.api_key_secret_ref.dump()
     if t.tls is not None:
@@ -74,6 +81,22 @@ def worker_env(
         elif var.name in plain:
             env.append({"name": var.name, "value": plain[var.name]})
     return env + (dump_list(spec.env) or [])
+
+
+def shutdown_grace(spec: DeepAgentSpec) -> float:
+    """The workers' shutdown grace: a plain ``spec.env`` value of its variable (``spec.env``
+    comes last, so it wins in the container), else ``spec.shutdownGraceSeconds``, else the
+    runtime's default. (A value from a Secret or ConfigMap cannot be known here.)"""
+    name = WorkerEnv.name("shutdown_grace_seconds")
+    for var in reversed(spec.env or []):
+        if var.name == name and var.value_from is None:
+            try:
+                return max(0.0, float(var.value or ""))
+            except ValueError:
+                break  # the worker falls back to the default or refuses it
+    if spec.shutdown_grace_seconds is not None:
+        return float(spec.shutdown_grace_seconds)
+    return float(WorkerEnv.shutdown_grace_seconds)
 
 
 def build_worker_deployment(
@@ -129,7 +152,8 @@ def build_worker_deployment(
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": 60,
+        # The kubelet must not kill a worker that is still draining its running nodes.
+        "terminationGracePeriodSeconds": termination_grace_seconds(shutdown_grace(spec)),
         "containers": [container],
         "volumes": volumes,
         "nodeSelector": spec.node_selector or None,
