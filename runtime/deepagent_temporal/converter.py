@@ -68,6 +68,7 @@ import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
 
+from deepagent_temporal import payloads as payload_limits
 from deepagent_temporal import storage as payload_storage
 from deepagent_temporal.contract import RunRequest, RunState, WorkerEnv
 
@@ -437,25 +438,37 @@ class DeepAgentPayloadConverter(temporalio.converter.CompositePayloadConverter):
 
     #: a payload Temporal would refuse fails with PayloadTooLargeError, which names the fix;
     #: None with payload storage (deepagent_temporal.storage): large payloads go to S3
-    size_limit: int | None = payload_storage.TEMPORAL_PAYLOAD_LIMIT
+    size_limit: int | None = payload_limits.TEMPORAL_PAYLOAD_LIMIT
 
     def to_payloads(self, values: Any) -> list[Payload]:
         payloads = super().to_payloads(values)
         if self.size_limit:
-            payload_storage.check_payload_size(payloads, self.size_limit)
+            payload_limits.check_payload_size(payloads, self.size_limit)
         return payloads
 
+    def from_payloads(self, payloads: Any, type_hints: list[type] | None = None) -> list[Any]:
+        # A stored or compressed payload reaches the converter only when this process
+        # lacks the payload storage settings: say so instead of "Unknown payload encoding".
+        payload_limits.check_readable(payloads)
+        return super().from_payloads(payloads, type_hints)
 
-data_converter = dataclasses.replace(
-    temporalio.converter.DataConverter.default,
-    payload_converter_class=DeepAgentPayloadConverter,
+
+data_converter = payload_limits.readable(
+    dataclasses.replace(
+        temporalio.converter.DataConverter.default,
+        payload_converter_class=DeepAgentPayloadConverter,
+    )
 )
 
 
 def uses_our_converter(client: Any) -> bool:
     dc = getattr(client, "data_converter", None)
     cls = getattr(dc, "payload_converter_class", None)
-    return isinstance(cls, type) and issubclass(cls, DeepAgentPayloadConverter)
+    return (
+        isinstance(dc, payload_limits.ReadableDataConverter)
+        and isinstance(cls, type)
+        and issubclass(cls, DeepAgentPayloadConverter)
+    )
 
 
 def with_data_converter(client: Any) -> Any:
@@ -473,6 +486,6 @@ def with_data_converter(client: Any) -> Any:
     dc = config.get("data_converter") or temporalio.converter.DataConverter.default
     cls = dc.payload_converter_class if ours else DeepAgentPayloadConverter
     config["data_converter"] = payload_storage.apply(
-        dataclasses.replace(dc, payload_converter_class=cls)
+        payload_limits.readable(dataclasses.replace(dc, payload_converter_class=cls))
     )
     return Client(**config)

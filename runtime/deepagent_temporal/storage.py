@@ -20,12 +20,11 @@ needs ``>=3``, so the two cannot share an environment. Credentials are AWS's sta
 through :class:`~deepagent_temporal.contract.WorkerEnv`.
 
 Without payload storage nothing changes, except that a payload Temporal would refuse
-(over :data:`TEMPORAL_PAYLOAD_LIMIT`) fails the run with :class:`PayloadTooLargeError`,
-whose message names the fix, instead of a workflow task retried forever or a bare
-termination.
+fails the run with ``PayloadTooLargeError`` (:mod:`deepagent_temporal.payloads`), whose
+message names the fix, instead of a workflow task retried forever or a bare termination.
 
 Every process that reads payloads (workers, clients, the gateway) needs the same
-payload settings: a client without them cannot read a stored or compressed payload.
+payload settings: one without them fails with ``PayloadUnreadableError``, which says so.
 """
 
 from __future__ import annotations
@@ -45,59 +44,15 @@ from typing import Any
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
 from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
-from temporalio.exceptions import ApplicationError
 
 from deepagent_temporal.contract import EnvError, WorkerEnv
-
-#: Temporal's payload size limit (the server's blob size error limit, 2 MB by default):
-#: a larger activity input or result, workflow input or continue-as-new input is refused
-TEMPORAL_PAYLOAD_LIMIT = 2 * 1024 * 1024
-#: what the rest of a request around the payloads may take (headers, other fields)
-_HEADROOM = 16 * 1024
+from deepagent_temporal.payloads import COMPRESSION_ENCODINGS
 
 #: payloads smaller than this are never compressed (readable in the UI; no gain)
 COMPRESS_MIN_BYTES = 1024
 #: compress payloads this large on a thread (the event loop keeps serving heartbeats)
 _COMPRESS_OFF_LOOP_BYTES = 256 * 1024
-_ENCODINGS = {"zstd": b"binary/deepagent-zstd", "zlib": b"binary/deepagent-zlib"}
-_ALGORITHMS = {v: k for k, v in _ENCODINGS.items()}
-
-
-def _storage_variables() -> str:
-    names = [
-        WorkerEnv.name(f) for f in ("payload_s3_bucket", "payload_s3_endpoint", "payload_s3_region")
-    ]
-    return ", ".join(names)
-
-
-class PayloadTooLargeError(ApplicationError):
-    """A payload would pass Temporal's payload limit and no payload storage is configured.
-
-    Non-retryable: the same state is as large on every attempt. The message says what
-    was too large and how to fix it (configure payload storage).
-    """
-
-    def __init__(self, size: int, limit: int, what: str = "a payload") -> None:
-        self.size, self.limit = size, limit
-        super().__init__(
-            f"{what} of {size / 1e6:.2f} MB would pass Temporal's payload limit of "
-            f"{limit / 1e6:.2f} MB (the graph state, carried by every node activity, grows "
-            f"with the run): configure payload storage so that large payloads go to S3 "
-            f"instead of Event History: set {_storage_variables()} (and AWS credentials) on "
-            f"the workers and clients, or spec.payloadStorage of the DeepAgent resource; "
-            f"see docs/long-runs.md",
-            type="PayloadTooLargeError",
-            non_retryable=True,
-        )
-
-
-def check_payload_size(
-    payloads: Sequence[Payload], limit: int = TEMPORAL_PAYLOAD_LIMIT, what: str = "a payload"
-) -> None:
-    """Raise :class:`PayloadTooLargeError` if ``payloads`` would not fit Temporal's limit."""
-    size = sum(p.ByteSize() for p in payloads)
-    if size > limit - _HEADROOM:
-        raise PayloadTooLargeError(size, limit, what)
+_ALGORITHMS = {v: k for k, v in COMPRESSION_ENCODINGS.items()}
 
 
 # ----------------------------------------------------------------------- compression
@@ -130,7 +85,7 @@ class CompressionCodec(PayloadCodec):
     def __init__(self, algorithm: str | None = "zstd") -> None:
         if algorithm in ("", "none"):
             algorithm = None
-        if algorithm is not None and algorithm not in _ENCODINGS:
+        if algorithm is not None and algorithm not in COMPRESSION_ENCODINGS:
             raise ValueError(f"unknown compression {algorithm!r}: zstd, zlib or none")
         self.algorithm = algorithm
 
@@ -148,7 +103,7 @@ class CompressionCodec(PayloadCodec):
             data = _compress(algorithm, raw)
         if len(data) >= len(raw):
             return payload
-        return Payload(metadata={"encoding": _ENCODINGS[algorithm]}, data=data)
+        return Payload(metadata={"encoding": COMPRESSION_ENCODINGS[algorithm]}, data=data)
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []
@@ -424,7 +379,7 @@ class PayloadStorage:
                 prefix=env.payload_s3_prefix or "",
             )
         compression = env.payload_compression
-        if compression not in (None, "none", *_ENCODINGS):
+        if compression not in (None, "none", *COMPRESSION_ENCODINGS):
             raise EnvError(
                 f"{WorkerEnv.name('payload_compression')}={compression!r} is not one of "
                 f"zstd, zlib, none"

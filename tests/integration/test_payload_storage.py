@@ -22,6 +22,7 @@ from deepagent_temporal.client.agent import RunFailedError
 from deepagent_temporal.contract import GET_STATE_QUERY, RunState, WorkerEnv
 from deepagent_temporal.converter import data_converter
 from deepagent_temporal.dev.histories import chain_histories
+from deepagent_temporal.payloads import PayloadUnreadableError
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +104,11 @@ async def test_a_state_past_2mb_completes_with_payload_storage(
     assert len(runs) >= 3, "the run continued as new"
     for run in runs:  # references only: every run's history stays small
         assert run.size_bytes < 1_000_000, run
+
+    # A client without the workers' storage settings is told which settings it lacks.
+    plain = Client(**{**temporal_client.config(), "data_converter": data_converter})
+    with pytest.raises(PayloadUnreadableError, match=WorkerEnv.name("payload_s3_bucket")):
+        await _agent(plain, worker_stored, redis_up).get_state(config)
 
 
 async def test_without_payload_storage_the_run_fails_naming_the_fix(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
+from temporalio.converter import JSONProtoPayloadConverter
 
-from deepagent_temporal import storage
+from deepagent_temporal import payloads, storage
 from deepagent_temporal.contract import EnvError, WorkerEnv
 from deepagent_temporal.converter import DeepAgentPayloadConverter, data_converter
 
@@ -85,13 +87,36 @@ def test_compression_alone_is_possible_and_none_turns_it_off():
 def test_a_payload_over_the_limit_names_the_fix():
     conv = data_converter.payload_converter
     assert len(conv.to_payloads([{"notes": ["x" * 1_000_000]}])[0].data) > 1_000_000
-    with pytest.raises(storage.PayloadTooLargeError) as refused:
+    with pytest.raises(payloads.PayloadTooLargeError) as refused:
         conv.to_payloads([{"notes": ["x" * 2_200_000]}])
     err = refused.value
     assert err.non_retryable and err.type == "PayloadTooLargeError"
     for name in ("payload_s3_bucket", "payload_s3_endpoint"):
         assert WorkerEnv.name(name) in err.message
     assert "spec.payloadStorage" in err.message and "docs/long-runs.md" in err.message
+
+
+async def test_a_process_without_storage_names_the_fix_for_stored_or_compressed_payloads():
+    """A client or worker that lacks the workers' payload settings gets an error that says
+    which settings, not "Unknown payload encoding" or a JSON error on a reference."""
+    conv = data_converter.payload_converter
+    [plain] = conv.to_payloads([{"notes": ["x" * 4000]}])
+    [compressed] = await storage.CompressionCodec("zstd").encode([plain])
+    reference = JSONProtoPayloadConverter().to_payload(
+        ExternalStorageReference(driver_name="aws.s3driver")
+    )
+    assert (
+        reference.metadata["messageType"] == ExternalStorageReference.DESCRIPTOR.full_name.encode()
+    )
+    legacy = Payload(metadata={"encoding": b"json/external-storage-reference"}, data=b"{}")
+    for payload, how in ((compressed, "compressed (zstd)"), (reference, "S3"), (legacy, "S3")):
+        with pytest.raises(payloads.PayloadUnreadableError) as refused:
+            conv.from_payloads([plain, payload])
+        err = refused.value
+        assert how in err.message and not err.non_retryable
+        assert WorkerEnv.name("payload_s3_bucket") in err.message
+        assert "spec.payloadStorage" in err.message
+    assert conv.from_payloads([plain]) == [{"notes": ["x" * 4000]}]
 
 
 def test_object_urls_path_style_with_an_endpoint_else_virtual_hosted():

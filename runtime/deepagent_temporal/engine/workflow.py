@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         RunRequest,
         RunState,
     )
-    from deepagent_temporal.storage import PayloadTooLargeError
+    from deepagent_temporal.payloads import PayloadTooLargeError
 
 #: items of the workflow stream a continued run keeps (for clients that lag behind)
 STREAM_TAIL_CARRIED = 512
