@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from . import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from .corev1 import cel_string
+from .gateway_spec import gateway_name_rule
 from .model import (
     DNS1035_LABEL_PATTERN,
     MANAGED_REDIS_NAME_MESSAGE,
@@ -44,6 +45,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "readyReplicas/replicas of the worker Deployment",
     },
     {"name": "Redis", "type": "string", "jsonPath": ".status.redis.status"},
+    {
+        "name": "Gateway",
+        "type": "string",
+        "jsonPath": ".status.gateway.endpoint",
+        "description": "in-cluster URL of the LangGraph-protocol gateway (spec.gateway)",
+    },
     {"name": "Queue", "type": "string", "jsonPath": ".status.taskQueue", "priority": 1},
     {"name": "Graph", "type": "string", "jsonPath": ".spec.graph", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -158,6 +165,7 @@ def build_crd() -> dict[str, Any]:
                 "message": MANAGED_REDIS_NAME_MESSAGE,
                 "reason": "FieldValueInvalid",
             },
+            gateway_name_rule(cel_string(DNS1035_LABEL_PATTERN)),
         ],
     }
     return {

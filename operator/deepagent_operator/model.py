@@ -35,6 +35,7 @@ from .corev1 import (
     quantity_field,
     string_map_field,
 )
+from .gateway_spec import GatewaySpec, GatewayStatus, check_gateway_name, gateway_field
 
 # `package.module:attribute` (attribute may be dotted, e.g. `pkg.mod:Factory.build`).
 GRAPH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -70,6 +71,7 @@ def check_name(name: str, spec: DeepAgentSpec) -> None:
             "External or Disabled",
             reason="InvalidName",
         )
+    check_gateway_name(name, spec)
 
 
 class SpecError(Exception):
@@ -385,6 +387,7 @@ class DeepAgentSpec(KubeModel):
         default=None,
         description="Create a HorizontalPodAutoscaler; the operator then leaves replicas alone.",
     )
+    gateway: GatewaySpec | None = gateway_field()
 
     @model_validator(mode="after")
     def _replicas_vs_autoscaling(self) -> DeepAgentSpec:
@@ -468,6 +471,7 @@ class DeepAgentStatus(_Observed):
     )
     workers: WorkersStatus | None = None
     redis: RedisStatus | None = None
+    gateway: GatewayStatus | None = None
     task_queue: str | None = None
 
 

@@ -18,9 +18,18 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from .children import HASH_ANNOTATION, redis_name, redis_secret_name, task_queue, worker_name
+from .children import (
+    HASH_ANNOTATION,
+    gateway_name,
+    gateway_secret_name,
+    redis_name,
+    redis_secret_name,
+    task_queue,
+    worker_name,
+)
+from .gateway_spec import GatewaySpec, gateway_enabled
 from .model import STATUS_KEYS, DeepAgentSpec, SpecError
-from .status import ProbeResult, compute_status
+from .status import ProbeResult, compute_status, gateway_status
 
 #: (kind, name) of a child in the DeepAgent's namespace
 ChildKey = tuple[str, str]
@@ -188,6 +197,17 @@ def replicas_handoff(
     return max(current, spec.autoscaling.min_replicas)
 
 
+def replicas_manifest(obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+    """The partial manifest that applies only ``spec.replicas`` of ``obj``."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": replicas},
+    }
+
+
 # -- children ------------------------------------------------------------------------------
 def child_key(obj: Mapping[str, Any]) -> ChildKey:
     """(kind, name) of a manifest."""
@@ -207,6 +227,10 @@ def wanted_children(name: str, spec: DeepAgentSpec) -> list[ChildKey]:
     wanted.append(("Deployment", worker_name(name)))
     if spec.autoscaling is not None:
         wanted.append(("HorizontalPodAutoscaler", worker_name(name)))
+    if gateway_enabled(spec):
+        wanted += [("Service", gateway_name(name)), ("Deployment", gateway_name(name))]
+        if spec.gateway is not None and spec.gateway.api_key_secret_ref is None:
+            wanted.append(("Secret", gateway_secret_name(name)))
     return wanted
 
 
@@ -222,6 +246,9 @@ def unwanted_children(name: str, spec: DeepAgentSpec) -> list[ChildKey]:
         ]
     if spec.autoscaling is None:
         unwanted.append(("HorizontalPodAutoscaler", worker_name(name)))
+    if not gateway_enabled(spec):
+        # The API key Secret is kept, like Redis's: enabling the gateway again keeps the key.
+        unwanted += [("Deployment", gateway_name(name)), ("Service", gateway_name(name))]
     return unwanted
 
 
@@ -231,8 +258,8 @@ class ChildPlan:
 
     #: manifests to server-side apply (missing, or drifted from the desired state)
     apply: list[dict[str, Any]]
-    #: kind -> live object that already matches its manifest
-    unchanged: dict[str, dict[str, Any]]
+    #: (kind, name) -> live object that already matches its manifest
+    unchanged: dict[ChildKey, dict[str, Any]]
     #: unwanted children that exist and are controlled by this DeepAgent
     delete: list[ChildKey]
     #: desired children whose name is taken by an object this DeepAgent does not control
@@ -258,14 +285,14 @@ def plan_children(
     applied: the workers must not be pointed at, e.g., someone else's Service.
     """
     apply: list[dict[str, Any]] = []
-    unchanged: dict[str, dict[str, Any]] = {}
+    unchanged: dict[ChildKey, dict[str, Any]] = {}
     conflicts = find_conflicts([child_key(o) for o in desired], observed, uid)
     for obj in desired:
         live = observed.get(child_key(obj))
         if child_key(obj) in conflicts:
             continue
         if live is not None and is_subset(obj, live):
-            unchanged[obj["kind"]] = dict(live)
+            unchanged[child_key(obj)] = dict(live)
         else:
             apply.append(obj)
     delete = [
@@ -332,6 +359,8 @@ class StatusInputs:
     task_queue: str | None
     #: replicas the operator asks for; None when an HPA owns the count
     desired_replicas: int | None
+    #: spec.gateway when enabled
+    gateway: GatewaySpec | None = None
 
     @classmethod
     def of(cls, body: Mapping[str, Any], spec: DeepAgentSpec | None) -> StatusInputs:
@@ -344,10 +373,15 @@ class StatusInputs:
                 None if spec.autoscaling else (spec.replicas if spec.replicas is not None else 1)
             )
             queue: str | None = task_queue(name, spec)
+            gateway = spec.gateway
         else:
             raw = body.get("spec") or {}
             mode = ((raw.get("streaming") or {}).get("redis") or {}).get("mode") or "Disabled"
             replicas, queue = raw.get("replicas"), raw.get("taskQueue") or name
+            try:
+                gateway = GatewaySpec.model_validate(raw.get("gateway"))
+            except ValueError:  # pydantic's ValidationError; None is not a GatewaySpec either
+                gateway = None
         return cls(
             name=name,
             namespace=meta["namespace"],
@@ -355,6 +389,7 @@ class StatusInputs:
             redis_mode=mode,
             task_queue=queue,
             desired_replicas=replicas,
+            gateway=gateway if gateway is not None and gateway.enabled else None,
         )
 
 
@@ -404,8 +439,10 @@ def plan_status(
     config_hash: str | None = None,
     now: str | None = None,
     redis_probe: ProbeResult | None = None,
+    gateway: Mapping[str, Any] | None = None,
 ) -> StatusPlan:
-    """The status from the observed children, and how to get there from ``previous``."""
+    """The status from the observed children (``gateway``: its Deployment), and how to get
+    there from ``previous``."""
     status = compute_status(
         name=inputs.name,
         namespace=inputs.namespace,
@@ -421,6 +458,7 @@ def plan_status(
         config_hash=config_hash,
         now=now,
         redis_probe=redis_probe,
+        gateway=gateway_status(inputs.name, inputs.namespace, inputs.gateway, gateway),
     )
     patch = merge_patch(previous, status, STATUS_KEYS)
     return StatusPlan(

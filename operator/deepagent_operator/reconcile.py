@@ -30,6 +30,7 @@ from .children import (
     build_children,
     check_references,
     config_hash,
+    gateway_name,
     redis_name,
     redis_secret_name,
     referenced_objects,
@@ -39,6 +40,7 @@ from .children import (
 )
 from .config import OperatorConfig
 from .events import EventFn, post_event
+from .gateway_auth import ensure_gateway
 from .kube import ApiError, Kube
 from .metrics import OperatorMetrics
 from .model import DeepAgentSpec, SpecError, check_name, format_validation_error, parse_spec
@@ -53,6 +55,7 @@ from .plan import (
     plan_status,
     rejection_error,
     replicas_handoff,
+    replicas_manifest,
     status_digest,
     unwanted_children,
     wanted_children,
@@ -89,16 +92,6 @@ TYPED_PATCH_ERROR = "failed to create typed patch object"
 
 def _digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _replicas_manifest(obj: Mapping[str, Any], replicas: int) -> dict[str, Any]:
-    meta = obj["metadata"]
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-        "spec": {"replicas": replicas},
-    }
 
 
 class Reconciler:
@@ -230,8 +223,11 @@ class Reconciler:
                     self.kube, body, observed[("Secret", sname)], self._child_written(body)
                 )
                 ref_data[("Secret", sname)] = redis_auth
+            gw_hash = ensure_gateway(
+                self.kube, body, spec, self.config, observed, ref_data, self._child_written(body)
+            )
             hash_ = config_hash(spec, self.config, ref_data)
-            desired = build_children(body, spec, self.config, hash_, redis_auth)
+            desired = build_children(body, spec, self.config, hash_, redis_auth, gw_hash)
             plan = plan_children(desired, unwanted, observed, uid)
             if cached and (plan.apply or plan.delete):  # write only what is really live
                 observed, _ = self._observe(ns, state, [*wanted, *unwanted], False)
@@ -241,7 +237,8 @@ class Reconciler:
                 plan = plan_children(desired, unwanted, observed, uid)
             live = dict(plan.unchanged)
             for obj in plan.apply:
-                live[obj["kind"]] = self._apply(body, spec, state, obj, observed[child_key(obj)])
+                key = child_key(obj)
+                live[key] = self._apply(body, spec, state, obj, observed[key])
         except SpecError as err:
             self.metrics.spec_errors.inc()
             self._write_status(body, spec, error=err, fetch=True, redis_auth=redis_auth)
@@ -256,15 +253,16 @@ class Reconciler:
         for obj in desired:
             key = child_key(obj)
             state.seen.add(key)
-            gen = (live[key[0]].get("metadata") or {}).get("generation")
+            gen = (live[key].get("metadata") or {}).get("generation")
             if gen is not None:
                 state.generations[key] = gen
         return self._write_status(
             body,
             spec,
             error=None,
-            deployment=live.get("Deployment"),
-            statefulset=live.get("StatefulSet"),
+            deployment=live.get(("Deployment", worker_name(name))),
+            statefulset=live.get(("StatefulSet", redis_name(name))),
+            gateway=live.get(("Deployment", gateway_name(name))),
             config_hash_=hash_,
             redis_auth=redis_auth,
         )
@@ -290,11 +288,12 @@ class Reconciler:
                 raise rejected.error
         else:
             rejected = None
-        handoff = replicas_handoff(spec, before, MANAGER) if key[0] == "Deployment" else None
+        workers = key == ("Deployment", worker_name(body["metadata"]["name"]))
+        handoff = replicas_handoff(spec, before, MANAGER) if workers else None
         try:
             if handoff is not None:
                 # The HPA takes the replica count over: keep it where it is meanwhile.
-                self.kube.apply(_replicas_manifest(obj, handoff), manager=HANDOFF_MANAGER)
+                self.kube.apply(replicas_manifest(obj, handoff), manager=HANDOFF_MANAGER)
                 self.metrics.child_writes.inc()
             new = self.kube.apply(obj)
         except ApiError as e:
@@ -310,10 +309,10 @@ class Reconciler:
         self.metrics.child_writes.inc()
         self.event(body, "Normal", *write_event(key[0], key[1], before, obj))
         autoscaling = spec.autoscaling
-        if key[0] == "Deployment" and before is None and autoscaling is not None:
+        if workers and before is None and autoscaling is not None:
             # A new Deployment starts with 1 pod; the HPA's minimum applies from the start.
             if int((new.get("spec") or {}).get("replicas") or 1) < autoscaling.min_replicas:
-                manifest = _replicas_manifest(obj, autoscaling.min_replicas)
+                manifest = replicas_manifest(obj, autoscaling.min_replicas)
                 new = self.kube.apply(manifest, manager=HANDOFF_MANAGER)
                 self.metrics.child_writes.inc()
         return new
@@ -327,6 +326,7 @@ class Reconciler:
         error: SpecError | None,
         deployment: Mapping[str, Any] | None = None,
         statefulset: Mapping[str, Any] | None = None,
+        gateway: Mapping[str, Any] | None = None,
         fetch: bool = False,
         keep_spec_condition: bool = False,
         config_hash_: str | None = None,
@@ -342,6 +342,8 @@ class Reconciler:
             deployment = deployment or self.kube.get("Deployment", ns, worker_name(name))
             if inputs.redis_mode == "Managed":
                 statefulset = statefulset or self.kube.get("StatefulSet", ns, redis_name(name))
+            if inputs.gateway is not None:
+                gateway = gateway or self.kube.get("Deployment", ns, gateway_name(name))
         if inputs.redis_mode == "Managed" and statefulset is not None:
             if redis_auth is None and fetch:
                 redis_auth = owned_redis_auth(self.kube, ns, name, uid)
@@ -361,6 +363,7 @@ class Reconciler:
             keep_spec_condition=keep_spec_condition,
             config_hash=config_hash_,
             redis_probe=probe,
+            gateway=gateway,
         )
         if plan.patch:
             try:

@@ -11,7 +11,15 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from .children import redis_endpoint, redis_secret_name, worker_name
+from .children import (
+    gateway_endpoint,
+    gateway_key_ref,
+    gateway_name,
+    redis_endpoint,
+    redis_secret_name,
+    worker_name,
+)
+from .gateway_spec import GatewaySpec, GatewayStatus, SecretKeyRef
 from .model import Condition, DeepAgentStatus, Phase, RedisStatus, SpecError, WorkersStatus
 
 
@@ -140,6 +148,28 @@ def redis_condition(
     )
 
 
+def gateway_status(
+    name: str, namespace: str, gateway: GatewaySpec | None, deployment: Mapping[str, Any] | None
+) -> GatewayStatus | None:
+    """status.gateway: where clients reach it, with which key, how many replicas are ready
+    (None while the gateway is not enabled). The gateway does not gate the Ready condition."""
+    if gateway is None or not gateway.enabled:
+        return None
+    dep = deployment or {}
+    want = int((dep.get("spec") or {}).get("replicas", gateway.replicas))
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+    secret, key = gateway_key_ref(name, gateway)
+    return GatewayStatus(
+        endpoint=gateway_endpoint(name, namespace, gateway),
+        service_type=gateway.service.type,
+        deployment=gateway_name(name),
+        replicas=want,
+        ready_replicas=ready,
+        ready=f"{ready}/{want}",
+        api_key_secret_ref=SecretKeyRef(name=secret, key=key),
+    )
+
+
 def _spec_condition(
     error: SpecError | None, previous: Mapping[str, Condition], keep: bool
 ) -> Condition:
@@ -177,6 +207,7 @@ def compute_status(
     config_hash: str | None = None,
     now: str | None = None,
     redis_probe: ProbeResult | None = None,
+    gateway: GatewayStatus | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` of a DeepAgent (the dump of a :class:`DeepAgentStatus`).
 
@@ -232,5 +263,6 @@ def compute_status(
         conditions=conditions,
         workers=workers,
         redis=redis,
+        gateway=gateway,
         task_queue=task_queue or None,
     ).dump()

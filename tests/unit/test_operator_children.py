@@ -65,7 +65,11 @@ def test_managed_redis_children_and_owner_refs():
     assert kinds["Service"]["metadata"]["name"] == "coder-redis"
     secret = build_redis_secret(body())
     assert secret["metadata"]["name"] == "coder-redis-auth"
-    assert unwanted(body()) == [("HorizontalPodAutoscaler", "coder-worker")]
+    assert unwanted(body()) == [
+        ("HorizontalPodAutoscaler", "coder-worker"),
+        ("Deployment", "coder-gateway"),
+        ("Service", "coder-gateway"),
+    ]
     for obj in [*d, secret]:
         meta = obj["metadata"]
         assert meta["namespace"] == "agents"

@@ -65,7 +65,12 @@ def test_nothing_changed_plans_no_writes():
     observed = {child_key(o): as_live(o) for o in manifests}
     plan = plan_children(manifests, unwanted_children("coder", parse_spec(MANAGED)), observed, UID)
     assert plan.empty
-    assert set(plan.unchanged) == {"Deployment", "StatefulSet", "Service", "NetworkPolicy"}
+    assert {kind for kind, _ in plan.unchanged} == {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "NetworkPolicy",
+    }
 
 
 def test_missing_or_drifted_children_are_applied():
@@ -78,7 +83,7 @@ def test_missing_or_drifted_children_are_applied():
         ("Deployment", "coder-worker"),
         ("Service", "coder-redis"),
     ]
-    assert set(plan.unchanged) == {"StatefulSet", "NetworkPolicy"}
+    assert set(plan.unchanged) == {("StatefulSet", "coder-redis"), ("NetworkPolicy", "coder-redis")}
 
 
 def test_quantities_compare_by_value():
@@ -101,6 +106,8 @@ def test_redis_disabled_deletes_its_children_but_not_the_secret():
         ("Service", "coder-redis"),
         ("NetworkPolicy", "coder-redis"),
         ("HorizontalPodAutoscaler", "coder-worker"),
+        ("Deployment", "coder-gateway"),
+        ("Service", "coder-gateway"),
     ]
     assert ("Secret", "coder-redis-auth") not in unwanted  # reused if Managed comes back
     observed = {
@@ -117,7 +124,10 @@ def test_managed_redis_and_autoscaling_want_their_children():
     spec = parse_spec(
         dict(MANAGED, autoscaling={"maxReplicas": 3}, resources={"requests": {"cpu": "1"}})
     )
-    assert unwanted_children("coder", spec) == []
+    assert unwanted_children("coder", spec) == [
+        ("Deployment", "coder-gateway"),
+        ("Service", "coder-gateway"),
+    ]
 
 
 def foreign(obj, refs=None):

@@ -29,6 +29,14 @@ CONTAINER_SECURITY = {
     "runAsNonRoot": True,
     "capabilities": {"drop": ["ALL"]},
 }
+#: Pod securityContext of the runtime image's pods (workers, gateway): its user 10001.
+RUNTIME_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def worker_name(name: str) -> str:
@@ -41,6 +49,16 @@ def redis_name(name: str) -> str:
 
 def redis_secret_name(name: str) -> str:
     return f"{name}-redis-auth"
+
+
+def gateway_name(name: str) -> str:
+    """Deployment and Service of the gateway."""
+    return f"{name}-gateway"
+
+
+def gateway_secret_name(name: str) -> str:
+    """The generated API key Secret of the gateway (when spec.gateway.apiKeySecretRef is unset)."""
+    return f"{name}-gateway-api-key"
 
 
 def labels(name: str, component: str | None = None) -> dict[str, str]:

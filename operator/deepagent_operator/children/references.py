@@ -176,7 +176,8 @@ def config_hash(
     }
     return _digest(
         {
-            "spec": spec.dump(),
+            # The gateway has its own hash: turning it on or scaling it never rolls workers.
+            "spec": spec.model_copy(update={"gateway": None}).dump(),
             "image": spec.image or config.default_image,
             "temporal": spec.temporal.address or config.default_temporal_address,
             "refs": refs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from .common import (
     CONTAINER_SECURITY,
     HASH_ANNOTATION,
     REDIS_PASSWORD_KEY,
+    RUNTIME_POD_SECURITY,
     adopt,
     dump_list,
     labels,
@@ -145,13 +147,7 @@ def build_worker_deployment(
         "serviceAccountName": spec.service_account_name,
         # Workers do not talk to the Kubernetes API unless the user gives them an account.
         "automountServiceAccountToken": None if spec.service_account_name else False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(RUNTIME_POD_SECURITY),
         # The kubelet must not kill a worker that is still draining its running nodes.
         "terminationGracePeriodSeconds": termination_grace_seconds(shutdown_grace(spec)),
         "containers": [container],
