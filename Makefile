@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint e2e-kind images deps system-deps k8s-binaries seaweedfs clean
+.PHONY: demo test bench lint e2e-kind images deps system-deps k8s-binaries seaweedfs langgraph-dev clean
 
 # Python environment: one editable install with every extra, rebuilt when pyproject changes.
 $(VENV)/.installed: pyproject.toml
@@ -29,7 +29,11 @@ k8s-binaries:
 seaweedfs:
 	bash tests/tools/build-seaweedfs.sh
 
-deps: $(VENV)/.installed system-deps k8s-binaries seaweedfs
+# The reference server (`langgraph dev`) in its own venv, for the gateway's differential test.
+langgraph-dev:
+	bash tests/tools/build-langgraph-dev.sh
+
+deps: $(VENV)/.installed system-deps k8s-binaries seaweedfs langgraph-dev
 
 ## demo: local Temporal + Redis + worker + example agent; streams one answer live.
 demo: $(VENV)/.installed system-deps
@@ -61,4 +65,4 @@ images:
 	docker build -f operator/Dockerfile -t deepagent-temporal/operator:$(IMAGE_TAG) .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-langgraph-dev .pytest_cache .ruff_cache
