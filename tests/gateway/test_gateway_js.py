@@ -96,11 +96,12 @@ def test_js_sdk_stream_and_join(served_gateway):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["events"][0] == "metadata" and result["events"][-1] == "end"
+    # the two model calls' tokens and the tool's result (sent whole, as LangGraph does)
     assert sorted(result["full"].values()) == sorted(
-        [shapes.DEEP_SCRIPT[0]["content"], shapes.DEEP_SCRIPT[1]]
+        [shapes.DEEP_SCRIPT[0]["content"], "5", shapes.DEEP_SCRIPT[1]]
     )
     merged = dict(result["first"])
     for mid, text in result["rest"].items():
         merged[mid] = merged.get(mid, "") + text
-    assert sorted(merged.values()) == sorted(["Adding first.", shapes.LONG_TEXT])
+    assert sorted(merged.values()) == sorted(["Adding first.", "2", shapes.LONG_TEXT])
     assert result["rest"] and "metadata" not in result["restEvents"]

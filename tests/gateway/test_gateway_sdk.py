@@ -14,13 +14,15 @@ DEEP = "deepagent_temporal.examples.shapes:deep_agent"
 INPUT = {"messages": [{"role": "user", "content": "What is 2 + 3?"}]}
 
 
-def _texts(parts):
-    """message id -> concatenated token text of ``messages`` events."""
+def _texts(parts, kind="AIMessageChunk"):
+    """message id -> concatenated token text of ``messages`` events (model tokens; other
+    ``kind``s: the whole messages nodes returned, e.g. ``tool``)."""
     out: dict[str, str] = {}
     for p in parts:
         if p.event == "messages":
             chunk, meta = p.data
-            out[chunk["id"]] = out.get(chunk["id"], "") + chunk["content"]
+            if chunk["type"] == kind:
+                out[chunk["id"]] = out.get(chunk["id"], "") + chunk["content"]
     return out
 
 
@@ -36,6 +38,8 @@ async def test_stream_messages_tuple_exact_once(sdk):
     assert events[0] == "metadata" and events[-1] == "end", events
     texts = sorted(_texts(parts).values())
     assert texts == sorted([shapes.DEEP_SCRIPT[0]["content"], shapes.DEEP_SCRIPT[1]]), texts
+    # the tool's result, once, whole (LangGraph sends what a node returned unstreamed)
+    assert list(_texts(parts, "tool").values()) == ["5"]
     final = [p for p in parts if p.event == "values"][-1].data
     assert final["messages"][-1]["content"] == shapes.DEEP_SCRIPT[1]
 

@@ -254,6 +254,8 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         }
         if tool_call_chunks:
             ev["tool_call_chunks"] = tool_call_chunks
+        if getattr(message, "chunk_position", None) == "last":
+            ev["chunk_position"] = "last"
         if call.nostream:
             ev["nostream"] = True
         if self.segment:

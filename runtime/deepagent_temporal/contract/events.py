@@ -56,6 +56,9 @@ class TokenEvent(TypedDict, total=False):
     message_id: str | None
     source: Transport
     tool_call_chunks: list[dict[str, Any]]
+    #: ``"last"`` on the call's last chunk when the model marked it (LangChain's
+    #: ``AIMessageChunk.chunk_position``)
+    chunk_position: str
     token_count: int
     ts: float
     error: str

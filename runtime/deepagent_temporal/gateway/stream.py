@@ -15,7 +15,6 @@ into a fresh merger, restores the progress of the calls the cursor names, and go
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +27,6 @@ from deepagent_temporal.contract import (
     CUSTOM_TOPIC,
     GRAPH_TOPIC,
     LLM_RECORD,
-    REDIS,
     RUN_ENDING_MARKERS,
     RUN_ERROR,
     RUN_PAUSE,
@@ -36,17 +34,20 @@ from deepagent_temporal.contract import (
     TOKENS_TOPIC,
 )
 from deepagent_temporal.gateway.cursor import CallProgress, Cursor, call_hash
-from deepagent_temporal.gateway.messages import messages_event
+from deepagent_temporal.gateway.gate import OFFSET_QUERY, RedisGate
+from deepagent_temporal.gateway.messages import (
+    last_chunk,
+    message_ids,
+    messages_event,
+    node_output_events,
+)
+from deepagent_temporal.gateway.replay import TOPICS, Item, ReplayMixin, _key
 from deepagent_temporal.transport.temporal import expand
 
 #: stream modes answered from token events
 TOKEN_MODES = frozenset({"messages-tuple"})
-#: every topic: a cursor must mean the same whatever modes wrote it
-TOPICS = [RUN_TOPIC, GRAPH_TOPIC, CUSTOM_TOPIC, TOKENS_TOPIC]
 END_GRACE_SECONDS = 10.0
 RECORD_GRACE_SECONDS = 3.0
-
-Item = tuple[str, Any, str | None]  # (event, data, id)
 
 
 @dataclass
@@ -59,16 +60,7 @@ class StreamSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _key(ev: dict[str, Any]) -> tuple[Any, ...]:
-    return (ev.get("task_id") or ev.get("node"), int(ev.get("attempt") or 1), ev.get("llm_call"))
-
-
-def _redis_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
-
-
-class SegmentStream:
+class SegmentStream(ReplayMixin):
     """SSE items of one run segment (a LangGraph run), from its start or from a cursor."""
 
     def __init__(
@@ -111,6 +103,13 @@ class SegmentStream:
         self.interrupt_shown = False
         self._replayed: dict[str, CallProgress] = {}
         self.pending_fill: dict[str, CallProgress] = dict(cursor.calls)
+        #: ids of messages streamed or in the state: a node's output repeats none of them
+        self.seen_messages: set[str] = set()
+        #: calls with tokens shown and no chunk marked ``last`` yet
+        self.unfinished: dict[str, bool] = {}
+        self.gate = RedisGate(self._current)
+        self._queue: asyncio.Queue | None = None
+        self._asks: set[asyncio.Future] = set()
 
     # ------------------------------------------------------------- bookkeeping
 
@@ -131,6 +130,8 @@ class SegmentStream:
             return True
         if t not in ("llm_start", "token", "snapshot", "llm_end"):
             return True
+        if ev.get("message_id"):
+            self.seen_messages.add(ev["message_id"])
         p = self.progress.setdefault(call_hash(ev), CallProgress())
         p.started = True
         if t == "llm_start":
@@ -174,12 +175,21 @@ class SegmentStream:
     def _show_tokens(self, delivered: list[dict[str, Any]]) -> list[Item]:
         shown: list[Item] = []
         for ev in delivered:
-            if not self._track(ev) or not self.want_tokens:
+            if not self._track(ev) or not self.want_tokens or ev.get("nostream"):
                 continue
-            if ev.get("type") not in ("token", "snapshot") or ev.get("nostream"):
+            h = call_hash(ev)
+            if ev.get("type") == "llm_end":
+                if self.unfinished.pop(h, None) is None or ev.get("error"):
+                    continue
+                ev = last_chunk(ev)  # the empty last chunk in its place
+            elif ev.get("type") not in ("token", "snapshot"):
                 continue
-            if not ev.get("token") and not ev.get("tool_call_chunks"):
+            elif not ev.get("token") and not ev.get("tool_call_chunks"):
                 continue
+            elif ev.get("chunk_position") == "last":
+                self.unfinished.pop(h, None)
+            else:
+                self.unfinished[h] = True
             name, data = messages_event(ev, self.spec.metadata, self.spec.subgraphs)
             shown.append((name, data, self._id()))
         return shown
@@ -210,9 +220,15 @@ class SegmentStream:
         kind = data.get("kind")
         if topic == GRAPH_TOPIC:
             chunk = data.get("data")
-            if kind == "updates" and isinstance(chunk, dict) and "__interrupt__" in chunk:
-                self.interrupt_shown = True  # LangGraph's own interrupt update
-            return [(kind, chunk)] if kind in modes else []
+            out: list[tuple[str, Any]] = []
+            if kind == "values":
+                self.seen_messages |= message_ids(chunk)
+            elif kind == "updates" and isinstance(chunk, dict):
+                if "__interrupt__" in chunk:
+                    self.interrupt_shown = True  # LangGraph's own interrupt update
+                out = node_output_events(chunk, self.seen_messages, self.spec.metadata)
+                out = [e for e in out if self.want_tokens and self._first_time(e[1][0])]
+            return [*out, (kind, chunk)] if kind in modes else out
         if topic != RUN_TOPIC or not self._current(data) or kind not in RUN_ENDING_MARKERS:
             return []
         if self.ending_deadline is None:
@@ -230,6 +246,17 @@ class SegmentStream:
                 return [("values", interrupts)]
         return []
 
+    def _first_time(self, message: Any) -> bool:
+        """A node's output message is delivered once: its event's cursor names it as a
+        call that ended (the cursor of a cut between it and its item's ``updates``)."""
+        mid = message.get("id") if isinstance(message, dict) else getattr(message, "id", None)
+        h = call_hash({"task_id": f"message:{mid}"})
+        p = self.pending_fill.pop(h, None)
+        if p is not None and p.ended:
+            return False
+        self.progress[h] = CallProgress(started=True, ended=True)
+        return True
+
     def _temporal_item(self, item: Any) -> list[Item]:
         shown: list[Item] = []
         if item.topic == TOKENS_TOPIC:
@@ -239,8 +266,10 @@ class SegmentStream:
                 if kind == "complete" or not self._current(raw):
                     continue
                 if kind == LLM_RECORD:
+                    self._saw_record(raw)
                     self.records[_key(raw)] = (time.monotonic(), raw)
                     continue
+                self.gate.know(raw)
                 delivered.extend(self.merger.push(raw))
             shown = self._show_tokens(delivered)
         else:
@@ -257,113 +286,6 @@ class SegmentStream:
                 continue
             delivered.extend(self.merger.push(ev))
         return self._emit(self._show_tokens(delivered), redis_id=entry_id)
-
-    # ----------------------------------------------------------------- resume
-
-    async def _replay(self) -> list[Item]:
-        """Rebuild the state the cursor describes; returns the rest of its open calls."""
-        cur = self.cursor
-        silent_tokens = cur.tokens
-        pending = dict(cur.calls)
-        held: dict[str, list[dict[str, Any]]] = {}
-        samples: dict[str, dict[str, Any]] = {}
-        shown: list[Item] = []
-
-        def feed(ev: dict[str, Any]) -> None:
-            h = call_hash(ev)
-            p = pending.get(h)
-            t = ev.get("type")
-            if p is not None and t in ("llm_start", "token", "llm_end"):
-                held.setdefault(h, [])
-                samples.setdefault(h, ev)
-                if (t == "token" and int(ev.get("index") or 0) < p.next_index) or (
-                    t == "llm_start" and p.started
-                ):
-                    # delivered before: into the merger silently (its exact text)
-                    for d in self.merger.push(ev):
-                        r = self._replayed.setdefault(h, CallProgress())
-                        if d.get("type") == "token":
-                            r.next_index = int(d.get("index") or 0) + 1
-                            r.chars += len(d.get("token") or "")
-                else:
-                    held[h].append(ev)
-                return
-            delivered = self.merger.push(ev)
-            if silent_tokens:
-                for d in delivered:
-                    self._track(d)
-            else:
-                shown.extend(self._show_tokens(delivered))
-
-        if cur.offset > self.start_offset:
-            items = self.reader.items(self.handle, TOPICS, self.start_offset, None)
-            async with contextlib.aclosing(items):
-                async for item in items:
-                    if item.offset >= cur.offset:
-                        break
-                    if item.topic == TOKENS_TOPIC:
-                        for raw in expand(item.data):
-                            kind = raw.get("type")
-                            if kind == "complete" or not self._current(raw):
-                                continue
-                            if kind == LLM_RECORD:
-                                if call_hash(raw) in pending:
-                                    self.records[_key(raw)] = (time.monotonic(), raw)
-                                else:
-                                    self.merger.settle(raw)
-                            else:
-                                feed(raw)
-                    else:
-                        self._graph_item(item.topic, item.data)
-                    if item.offset >= cur.offset - 1:
-                        break
-        if self.redis is not None and cur.redis_id != "0-0":
-            limit = _redis_order(cur.redis_id)
-            try:
-                events = await self.redis.read_all(self.handle.id, self.run_id)
-            except Exception:  # noqa: BLE001 - Redis lost: records complete the calls
-                events = []
-            for ev in events:
-                if _redis_order(ev.get("redis_id") or "0-0") > limit or not self._current(ev):
-                    continue
-                if ev.get("type") == "complete":
-                    self.redis_complete_seen = True
-                    continue
-                ev["source"] = REDIS
-                feed(ev)
-        # the calls the cursor names: restore their progress, then what is left of them
-        self.progress = {}
-        for h, p in pending.items():
-            if h not in held:
-                continue  # not seen yet: restored when its first event arrives
-            self._restore(samples[h], p)
-            del self.pending_fill[h]
-        # calls not seen yet keep their progress until they show up
-        for d in [e for evs in held.values() for e in evs]:
-            shown.extend(self._show_tokens(self.merger.push(d)))
-        self._end_batch()
-        return self._emit(shown)
-
-    def _restore(self, sample: dict[str, Any], p: CallProgress) -> None:
-        """Bring the merger's state of a call to ``p`` (what the client has), silently."""
-        base = {
-            k: sample.get(k)
-            for k in ("node", "namespace", "task_id", "llm_call", "attempt", "message_id")
-        }
-        if p.started:
-            self.merger.push({"type": "llm_start", "token": "", **base})
-        have = self._replayed.pop(call_hash(sample), None)
-        chars = have.chars if have else 0
-        start = have.next_index if have else 0
-        for i in range(start, p.next_index):
-            pad = "\0" * max(p.chars - chars, 0) if i == p.next_index - 1 else ""
-            chars += len(pad)
-            self.merger.push({"type": "token", "token": pad, "index": i, **base})
-        if p.ended:
-            self.merger.push({"type": "llm_end", "token": "", "token_count": p.next_index, **base})
-        else:
-            self.progress[call_hash(sample)] = CallProgress(p.next_index, p.chars, p.started)
-            self.open_calls.add(_key(sample))
 
     # ------------------------------------------------------------------- run
 
@@ -385,6 +307,7 @@ class SegmentStream:
                 )
             )
         async with fan_in(sources) as queue:
+            self._queue = queue
             while True:
                 for item in self._emit(self._show_tokens(self._settle(force=False))):
                     yield item
@@ -402,6 +325,11 @@ class SegmentStream:
                     batch.append(queue.get_nowait())
                 for item in self._consume(batch):
                     yield item
+        for ask in self._asks:
+            ask.cancel()
+        held = [i for e in self.gate.drain() for i in self._redis_entry(*e)]
+        for item in held:
+            yield item
         settled = self._settle(force=True) + self.merger.finish()
         for item in self._emit(self._show_tokens(settled)):
             yield item
@@ -415,6 +343,7 @@ class SegmentStream:
             self.merger.waiting == 0
             and not self.open_calls
             and not self.records
+            and not self.gate.backlog
             and (self.redis_complete_seen or not self.need_redis_complete)
         )
 
@@ -433,28 +362,57 @@ class SegmentStream:
             if source == "redis" and payload is not SOURCE_DONE and isinstance(payload, dict):
                 rid = payload.get("redis_id") or self.redis_id
                 if entry and rid != entry_id:
-                    out.extend(self._redis_entry(entry_id or rid, entry))
+                    out.extend(self._admit(entry_id or rid, entry))
                     entry = []
                 entry_id = rid
                 self._fill_pending(payload)
                 entry.append(payload)
                 continue
             if entry:
-                out.extend(self._redis_entry(entry_id or self.redis_id, entry))
+                out.extend(self._admit(entry_id or self.redis_id, entry))
                 entry = []
+            if source == "gate":
+                self.gate.answer(payload)
+                out.extend(self._admit())
+                continue
             if payload is SOURCE_DONE:
                 if source == "temporal" and self.ending_deadline is None:
                     self.ending_deadline = time.monotonic() + END_GRACE_SECONDS
                 continue
             if isinstance(payload, BaseException):
                 raise payload
-            if payload.topic == TOKENS_TOPIC and self.pending_fill:
-                for raw in expand(payload.data):
+            if payload.topic == TOKENS_TOPIC:
+                raws = expand(payload.data)
+                for raw in raws if self.pending_fill else ():
                     self._fill_pending(raw)
+                self.gate.release_for([r for r in raws if r.get("type") == LLM_RECORD])
+                out.extend(self._admit())
             out.extend(self._temporal_item(payload))
+            out.extend(self._admit())
         if entry:
-            out.extend(self._redis_entry(entry_id or self.redis_id, entry))
+            out.extend(self._admit(entry_id or self.redis_id, entry))
         return out
+
+    def _admit(self, entry_id: str | None = None, events: Any = None) -> list[Item]:
+        """Redis entries through the gate (``gate.py``): the ones that may go now."""
+        if entry_id is not None:
+            self.gate.add(entry_id, events)
+        entries, ask = self.gate.ready(self.offset)
+        if ask:
+            self._asks.add(asyncio.ensure_future(self._ask_offset()))
+        return [item for e in entries for item in self._redis_entry(*e)]
+
+    async def _ask_offset(self) -> None:
+        try:
+            offset = await self.handle.query(OFFSET_QUERY, result_type=int)
+        except Exception:  # noqa: BLE001 - no answer: the Redis path goes on unheld
+            offset = -1
+        if self._queue is not None:
+            self._queue.put_nowait(("gate", offset))
+
+    def _saw_record(self, record: dict[str, Any]) -> None:
+        if record.get("message_id"):
+            self.seen_messages.add(record["message_id"])
 
     def _fill_pending(self, ev: dict[str, Any]) -> None:
         if not self.pending_fill or ev.get("type") not in ("llm_start", "token", "llm_end"):
