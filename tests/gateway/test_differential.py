@@ -279,3 +279,50 @@ async def test_join_stream_from_own_event_id(servers, server, after_messages):
     )
     assert [signature(p) for p in joined] == [signature(p) for p in whole]
     assert list(texts(joined).values()) == [SCRIPT[0]["content"], "5", SCRIPT[1]]
+
+
+async def test_update_state_then_run(servers):
+    """``threads.update_state`` on an idle thread, on both servers: the state shows the
+    update (through the messages reducer), and the next run starts from it."""
+    note = {"type": "ai", "content": "Noted: the user likes sums.", "id": "note-1"}
+    seen: dict[str, Any] = {}
+    for name, client in servers.items():
+        thread = await client.threads.create()
+        tid = thread["thread_id"]
+        await client.runs.wait(tid, ASSISTANT, input=INPUT)
+        answer = await client.threads.update_state(tid, {"messages": [note]}, as_node="agent")
+        assert set(answer) >= {"checkpoint"}, answer
+        assert {"thread_id", "checkpoint_id"} <= set(answer["checkpoint"]), answer
+        state = await client.threads.get_state(tid)
+        assert state["checkpoint"]["checkpoint_id"] == answer["checkpoint"]["checkpoint_id"]
+        before = [m["content"] for m in state["values"]["messages"]]
+        assert before[-1] == note["content"], (name, before)
+        # the reducer replaces a message with the same id
+        await client.threads.update_state(
+            tid, {"messages": [{**note, "content": "Noted, again."}]}, as_node="agent"
+        )
+        again = (await client.threads.get_state(tid))["values"]["messages"]
+        assert [m["content"] for m in again] == [*before[:-1], "Noted, again."], name
+        follow = await client.runs.wait(
+            tid, ASSISTANT, input={"messages": [{"role": "user", "content": "And 1 + 1?"}]}
+        )
+        seen[name] = [(m["type"], m["content"]) for m in follow["messages"]]
+    assert seen["ours"] == seen["reference"], seen
+    assert ("ai", "Noted, again.") in seen["ours"]
+
+
+async def test_update_state_refusals(servers, ours):
+    """What ours refuses, with the reason in the body."""
+    import httpx
+
+    client = servers["ours"]
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    await client.runs.wait(tid, ASSISTANT, input=INPUT)
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        await client.threads.update_state(tid, {"messages": []}, as_node="no-such-node")
+    assert err.value.response.status_code == 422
+    assert "no-such-node" in err.value.response.json()["detail"]
+    # the thread is untouched and still runs
+    assert len((await client.threads.get_state(tid))["values"]["messages"]) == 4
+    assert (await client.threads.get(tid))["status"] == "idle"

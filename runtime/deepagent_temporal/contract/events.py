@@ -178,6 +178,9 @@ class RunRequest:
     #: (``checkpoint``, ``metadata``, ``pending_writes``), the ``state`` (a RunState)
     #: and the ``pause_count`` of the run so far
     continuation: dict[str, Any] | None = None
+    #: a thread's state update (``threads.update_state``): ``{"values", "as_node"}``,
+    #: applied to ``prior_values`` through the graph's reducers; the run runs no node
+    update: dict[str, Any] | None = None
 
 
 @dataclass

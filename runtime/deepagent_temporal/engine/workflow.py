@@ -180,7 +180,13 @@ class DeepAgentWorkflow:
                 # a thread's next run starts from where its previous run ended, as with
                 # a persistent LangGraph checkpointer
                 await compiled.aupdate_state(config, request.prior_values, as_node="__start__")
-            while True:
+            if request.update is not None:
+                # a thread's state update: through the reducers, as the node named
+                self._state.values = request.prior_values  # kept if the update fails
+                values, as_node = request.update.get("values"), request.update.get("as_node")
+                await compiled.aupdate_state(config, values, as_node=as_node or "__start__")
+                self._state.values = (await compiled.aget_state(config)).values
+            while request.update is None:
                 stream = compiled.astream(inp, config, stream_mode=modes)
                 async for mode, chunk in stream:
                     if mode == "values":

@@ -215,7 +215,8 @@ async def thread_delete(request: Request) -> Response:
 
 async def thread_state(request: Request) -> Response:
     if request.method == "POST":
-        raise ApiError(501, "updating a thread's state is not supported by this gateway yet")
+        body = await _body(request)
+        return JSON(await _gw(request).runs.update_state(request.path_params["thread_id"], body))
     return JSON(await _gw(request).threads.state(request.path_params["thread_id"]))
 
 

@@ -213,6 +213,74 @@ class Runs:
             dict(body.get("metadata") or {}),
         )
 
+    # ----------------------------------------------------------- state update
+
+    async def update_state(self, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /threads/{tid}/state``: apply ``values`` through the graph's reducers as
+        ``as_node``, on a thread no run is using; an execution of the thread's workflow
+        that runs no node (the next run continues from its values, as from any run's)."""
+        desc = await self.threads.require(thread_id)
+        memo = await memo_of(desc)
+        running = desc.status is None or desc.status.name == "RUNNING"
+        if desc.workflow_type == WORKFLOW_NAME and running:
+            state = await self.threads.run_state(self.handle_of(desc))
+            if state is not None and state.status == "interrupted":
+                raise ApiError(
+                    409,
+                    f"Thread {thread_id} is paused at an interrupt: updating the state of a "
+                    "paused run is not supported by this gateway; resume it with "
+                    "command={'resume': ...}, or start a new run",
+                )
+            raise ApiError(409, f"Thread {thread_id} is busy with a run; update it when idle")
+        assistant = self.assistants.get(memo.get("assistant_id"))
+        if assistant is None:
+            raise ApiError(
+                409, f"Thread {thread_id} has no run yet: its graph is unknown (run it first)"
+            )
+        as_node = body.get("as_node")
+        nodes = getattr(assistant.graph, "nodes", None)
+        if as_node is not None and nodes is not None and as_node not in nodes:
+            raise ApiError(422, f"as_node {as_node!r} is not a node of {assistant.assistant_id}")
+        if body.get("checkpoint") or body.get("checkpoint_id"):
+            raise ApiError(422, "updating an earlier checkpoint is not supported")
+        prior = memo.get("values") or None
+        if desc.workflow_type == WORKFLOW_NAME:
+            prior = await self._take_over(desc, "reject")
+        await self.threads.release(thread_id)
+        run_meta = {"source": "update", "as_node": as_node}
+        handle = await self.client.start_workflow(
+            WORKFLOW_NAME,
+            RunRequest(
+                graph=assistant.reference,
+                input=None,
+                config=_config({}, thread_id, assistant),
+                stream_modes=[],
+                prior_values=prior,
+                update={"values": body.get("values"), "as_node": as_node},
+            ),
+            id=thread_id,
+            task_queue=self.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            memo={
+                "metadata": memo.get("metadata") or {},
+                "created_at": memo.get("created_at") or now_iso(),
+                "assistant_id": assistant.assistant_id,
+                "run_metadata": run_meta,
+                "run_created_at": now_iso(),
+                "state_update": True,
+            },
+        )
+        try:
+            await handle.result()
+        except Exception as exc:  # noqa: BLE001 - the update was refused by the graph
+            cause = getattr(exc, "cause", None) or exc
+            raise ApiError(400, f"the state update failed: {cause}") from None
+        state = await self.threads.state_of(await handle.describe())
+        return {"checkpoint": state["checkpoint"]}
+
+    def handle_of(self, desc: Any) -> WorkflowHandle:
+        return self.client.get_workflow_handle(desc.id, run_id=desc.run_id)
+
     # ----------------------------------------------------------------- lookup
 
     async def resolve(self, thread_id: str, run_id: str) -> RunRef:
@@ -229,6 +297,8 @@ class Runs:
                 continue
             handle = self.client.get_workflow_handle(thread_id, run_id=ex.run_id)
             memo = await memo_of(ex)
+            if memo.get("state_update"):
+                continue
             if ex.run_id == run_id:
                 return self._ref(ex, memo, 0, 0)
             state = await self.threads.run_state(handle)
@@ -273,6 +343,8 @@ class Runs:
             if ex.workflow_type != WORKFLOW_NAME:
                 continue
             memo = await memo_of(ex)
+            if memo.get("state_update"):
+                continue  # a threads.update_state, not a run
             state = await self.threads.run_state(
                 self.client.get_workflow_handle(ex.id, run_id=ex.run_id)
             )

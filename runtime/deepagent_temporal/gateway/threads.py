@@ -288,7 +288,7 @@ class Threads:
             "metadata": {
                 **(memo.get("metadata") or {}),
                 "step": step,
-                "source": "loop",
+                "source": "update" if memo.get("state_update") else "loop",
                 "run_id": desc.run_id,
             },
             "created_at": (desc.close_time or desc.start_time).isoformat(),
