@@ -78,6 +78,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     # Only our explicit kopf.event() calls and warnings become Kubernetes Events.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = config.workers
+    # Bounded per-object workers: kopf's own API session has no connection limit, so a
+    # burst of new DeepAgents (each worker patching its object) would otherwise open a TLS
+    # connection per object at once, each with its buffers (about 0.2 MB per agent at peak).
+    settings.queueing.worker_limit = config.workers * 4
+    # A worker holds its slot while idle: let it go soon (a new event starts a new one).
+    settings.queueing.idle_timeout = 0.5
     for group, _version, plural in CHILD_RESOURCES.values():
         settings.watching.label_selectors[(group, plural) if group else plural] = CHILD_SELECTOR
     metrics = OperatorMetrics()
