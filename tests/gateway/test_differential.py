@@ -281,6 +281,26 @@ async def test_join_stream_from_own_event_id(servers, server, after_messages):
     assert list(texts(joined).values()) == [SCRIPT[0]["content"], "5", SCRIPT[1]]
 
 
+async def test_join_stream_from_the_start(servers):
+    """``last_event_id="-1"`` (the JS SDK's ``useStream`` rejoining on mount): the whole
+    run again, ``metadata`` first, on both servers; while it runs and once it ended."""
+    for name, client in servers.items():
+        whole = [p.event for p in events(await _stream(client), name)]
+        thread = await client.threads.create()
+        run = await client.runs.create(
+            thread["thread_id"], ASSISTANT, input=INPUT, stream_mode=MODES, stream_resumable=True
+        )
+        for _ in range(2):  # while it runs, then after it ended
+            parts = [
+                p
+                async for p in client.runs.join_stream(
+                    thread["thread_id"], run["run_id"], last_event_id="-1"
+                )
+            ]
+            assert [p.event for p in events(parts, name)] == whole, name
+            assert list(texts(parts).values()) == [SCRIPT[0]["content"], "5", SCRIPT[1]]
+
+
 async def test_update_state_then_run(servers):
     """``threads.update_state`` on an idle thread, on both servers: the state shows the
     update (through the messages reducer), and the next run starts from it."""

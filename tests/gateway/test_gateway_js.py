@@ -105,3 +105,14 @@ def test_js_sdk_stream_and_join(served_gateway):
         merged[mid] = merged.get(mid, "") + text
     assert sorted(merged.values()) == sorted(["Adding first.", "2", shapes.LONG_TEXT])
     assert result["rest"] and "metadata" not in result["restEvents"]
+    # useStream-style: resumable, the run goes on after the page left; rejoining from
+    # "-1" replays the whole run, from the last id gives exactly the rest
+    page = result["page"]
+    assert page["created"]["run_id"] and page["status"] == "success"
+    whole = sorted(["Adding first.", "2", shapes.LONG_TEXT])
+    assert page["rejoinedEvents"][0] == "metadata" and page["rejoinedEvents"][-1] == "end"
+    assert sorted(page["rejoined"].values()) == whole
+    merged = dict(page["seenBeforeLeaving"])
+    for mid, text in page["resumed"].items():
+        merged[mid] = merged.get(mid, "") + text
+    assert sorted(merged.values()) == whole

@@ -254,7 +254,7 @@ async def run_join_stream(request: Request) -> Response:
     )
     cursor = None
     last = request.headers.get("last-event-id")
-    if last:
+    if last and last != "-1":  # -1: from the start (the JS SDK's useStream on mount)
         try:
             cursor = Cursor.decode(last)
         except CursorError as exc:

@@ -53,4 +53,60 @@ for await (const part of client.runs.joinStream(other.thread_id, runId, {
   restEvents.push(part.event);
   add(rest, part);
 }
-console.log(JSON.stringify({ events, full, first, rest, restEvents, lastEventId }));
+
+// As React's useStream submits with reconnectOnMount: a resumable run that goes on when
+// the page goes away (the run id from the Content-Location header, onRunCreated), then a
+// rejoin from the start ("-1", what useStream sends on mount) and one from the last id.
+const page = await client.threads.create();
+const leave = new AbortController();
+let created;
+const seenBeforeLeaving = {};
+let leftAt;
+let count = 0;
+try {
+  for await (const part of client.runs.stream(page.thread_id, LONG_ASSISTANT, {
+    input,
+    streamMode: ["messages-tuple", "values"],
+    streamResumable: true,
+    onDisconnect: "continue",
+    onRunCreated: (meta) => {
+      created = meta;
+    },
+    signal: leave.signal,
+  })) {
+    add(seenBeforeLeaving, part);
+    leftAt = part.id;
+    if (part.event === "messages" && ++count >= 20) {
+      leave.abort();
+      break;
+    }
+  }
+} catch (err) {
+  if (err?.name !== "AbortError") throw err;
+}
+const rejoined = {};
+const rejoinedEvents = [];
+for await (const part of client.runs.joinStream(page.thread_id, created.run_id, {
+  lastEventId: "-1",
+})) {
+  rejoinedEvents.push(part.event);
+  add(rejoined, part);
+}
+const resumed = {};
+for await (const part of client.runs.joinStream(page.thread_id, created.run_id, {
+  lastEventId: leftAt,
+})) {
+  add(resumed, part);
+}
+const run = await client.runs.get(page.thread_id, created.run_id);
+const page_ = {
+  created,
+  seenBeforeLeaving,
+  rejoined,
+  rejoinedEvents,
+  resumed,
+  status: run.status,
+};
+console.log(
+  JSON.stringify({ events, full, first, rest, restEvents, lastEventId, page: page_ }),
+);
