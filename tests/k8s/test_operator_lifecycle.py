@@ -204,7 +204,7 @@ def test_sample_reaches_ready(kube, ns, sample):
 def test_printer_columns(k8s_cluster, kube, ns, sample):
     wait_phase(kube, ns, "coder", "Ready")
     out = k8s_cluster.kubectl("get", "da", "-n", ns).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "READY", "REDIS", "AGE"]
+    assert out[0].split() == ["NAME", "PHASE", "READY", "REDIS", "GATEWAY", "AGE"]
     row = next(line.split() for line in out[1:] if line.startswith("coder "))
     assert row[:4] == ["coder", "Ready", "2/2", "Ready"]
     wide = k8s_cluster.kubectl("get", "deepagents", "-n", ns, "-o", "wide").stdout

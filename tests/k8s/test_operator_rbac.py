@@ -31,7 +31,7 @@ CHART = ROOT / "charts" / "deepagent-operator"
 USED = {
     "deepagents.deepagent.dev": {"get", "list", "watch", "patch"},
     "deepagents.deepagent.dev/status": {"patch"},
-    "deployments.apps": {"get", "list", "watch", "create", "patch"},
+    "deployments.apps": {"get", "list", "watch", "create", "patch", "delete"},
     "statefulsets.apps": {"get", "list", "watch", "create", "patch", "delete"},
     "services": {"get", "list", "watch", "create", "patch", "delete"},
     "networkpolicies.networking.k8s.io": {"get", "list", "watch", "create", "patch", "delete"},
@@ -47,7 +47,7 @@ DENIED = [
     ("update", "secrets"),
     ("delete", "secrets"),
     ("update", "deployments.apps"),
-    ("delete", "deployments.apps"),
+    ("deletecollection", "deployments.apps"),
     ("update", "deepagents.deepagent.dev"),
     ("delete", "deepagents.deepagent.dev"),
     ("create", "deepagents.deepagent.dev"),
@@ -238,6 +238,7 @@ def _exercise(k8s_cluster, kube: Kube, ns: str, op: OperatorProcess) -> None:
         "streaming": {"redis": {"mode": "Managed"}},
         "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
         "resources": {"requests": {"cpu": "100m"}},
+        "gateway": {"enabled": True},  # its API key Secret is generated (secrets: create)
     }
     agent = {
         "apiVersion": "deepagent.dev/v1alpha1",
@@ -252,6 +253,7 @@ def _exercise(k8s_cluster, kube: Kube, ns: str, op: OperatorProcess) -> None:
 
     wait_for("Ready (Redis AUTH + PING included)", lambda: phase() == "Ready", logs=op.log_tail)
     assert kube.get("HorizontalPodAutoscaler", ns, "rbac-worker") is not None
+    assert kube.get("Secret", ns, "rbac-gateway-api-key") is not None
     # The Redis password Secret of an older operator: redis.conf is added (secrets: patch).
     k8s_cluster.kubectl(
         "patch", "secret", "rbac-redis-auth", "-n", ns, "--type=json",
@@ -265,9 +267,14 @@ def _exercise(k8s_cluster, kube: Kube, ns: str, op: OperatorProcess) -> None:
     # Drift: a deleted Service is recreated (services: watch, create).
     kube.delete("Service", ns, "rbac-redis")
     wait_for("Service restored", lambda: kube.get("Service", ns, "rbac-redis"), logs=op.log_tail)
-    # Deletes: Redis no longer Managed, no autoscaling.
+    # Deletes: Redis no longer Managed, no autoscaling, no gateway (deployments: delete).
     patch = {
-        "spec": {"streaming": {"redis": {"mode": "Disabled"}}, "autoscaling": None, "replicas": 1}
+        "spec": {
+            "streaming": {"redis": {"mode": "Disabled"}},
+            "autoscaling": None,
+            "replicas": 1,
+            "gateway": {"enabled": False},
+        }
     }
     k8s_cluster.kubectl("patch", "da", "rbac", "-n", ns, "--type=merge", "-p", json.dumps(patch))
     for kind in ("StatefulSet", "Service", "NetworkPolicy"):
@@ -277,6 +284,12 @@ def _exercise(k8s_cluster, kube: Kube, ns: str, op: OperatorProcess) -> None:
             logs=op.log_tail,
         )
     wait_for("HPA deleted", lambda: kube.get("HorizontalPodAutoscaler", ns, "rbac-worker") is None)
+    for kind in ("Deployment", "Service"):
+        wait_for(
+            f"gateway {kind} deleted",
+            lambda k=kind: kube.get(k, ns, "rbac-gateway") is None,
+            logs=op.log_tail,
+        )
     events = json.loads(k8s_cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
     assert {"Created", "Deleted"} <= {e["reason"] for e in events["items"]}
     time.sleep(2)  # a resync round with the final spec
