@@ -141,11 +141,17 @@ def update_agent(body: kopf.Body, memo: kopf.Memo, retry: int, logger: Any, **_:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def agent_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Forget the in-memory state of deleted DeepAgents (no finalizer needed)."""
+    """Remember each DeepAgent as its watch shows it (status refreshes read no DeepAgent);
+    forget the in-memory state of deleted ones (no finalizer needed)."""
     reconciler: Reconciler | None = getattr(memo, "reconciler", None)
-    if reconciler is not None and event.get("type") == "DELETED":
-        meta = (event.get("object") or {}).get("metadata") or {}
+    if reconciler is None:
+        return
+    obj = event.get("object") or {}
+    if event.get("type") == "DELETED":
+        meta = obj.get("metadata") or {}
         reconciler.forget(meta.get("namespace", ""), meta.get("name", ""))
+    elif not (obj.get("metadata") or {}).get("deletionTimestamp"):
+        reconciler.observe_agent(obj)
 
 
 def _child_handler(kind: str):

@@ -24,9 +24,8 @@ from typing import Any
 
 import pydantic
 
-from . import KIND, MANAGER
+from . import MANAGER
 from .children import (
-    AGENT_LABEL,
     build_children,
     check_references,
     config_hash,
@@ -56,7 +55,6 @@ from .plan import (
     rejection_error,
     replicas_handoff,
     replicas_manifest,
-    status_digest,
     unwanted_children,
     wanted_children,
     write_event,
@@ -75,9 +73,9 @@ from .state import (
     AgentLocks,
     AgentState,
     AgentStates,
-    Cached,
     Rejection,
 )
+from .watch_events import WatchEvents
 
 log = logging.getLogger("deepagent_operator")
 
@@ -94,7 +92,7 @@ def _digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-class Reconciler:
+class Reconciler(WatchEvents):
     """Reconciles DeepAgents through ``kube``; keeps what the child watch has seen."""
 
     def __init__(
@@ -196,6 +194,7 @@ class Reconciler:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         state = self.agents.get((ns, name))
+        state.reconciled_generation = meta.get("generation")
         spec: DeepAgentSpec | None = None
         redis_auth: dict[str, Any] | None = None
         try:
@@ -305,7 +304,7 @@ class Reconciler:
             state.rejections[key] = Rejection(digest, err, attempts, time.monotonic() + delay)
             raise err from None
         state.rejections.pop(key, None)
-        state.children[key] = Cached(new)
+        state.see_child(key, new)
         self.metrics.child_writes.inc()
         self.event(body, "Normal", *write_event(key[0], key[1], before, obj))
         autoscaling = spec.autoscaling
@@ -339,11 +338,11 @@ class Reconciler:
         inputs = StatusInputs.of(body, spec)
         probe = None
         if fetch:
-            deployment = deployment or self.kube.get("Deployment", ns, worker_name(name))
+            deployment = deployment or self._child(ns, name, "Deployment", worker_name(name))
             if inputs.redis_mode == "Managed":
-                statefulset = statefulset or self.kube.get("StatefulSet", ns, redis_name(name))
+                statefulset = statefulset or self._child(ns, name, "StatefulSet", redis_name(name))
             if inputs.gateway is not None:
-                gateway = gateway or self.kube.get("Deployment", ns, gateway_name(name))
+                gateway = gateway or self._child(ns, name, "Deployment", gateway_name(name))
         if inputs.redis_mode == "Managed" and statefulset is not None:
             if redis_auth is None and fetch:
                 redis_auth = owned_redis_auth(self.kube, ns, name, uid)
@@ -379,13 +378,25 @@ class Reconciler:
         state.written = (uid, plan.status)
         return plan.status
 
+    def _child(self, ns: str, agent: str, kind: str, name: str) -> dict[str, Any] | None:
+        """A watched child as its watch (or our last write) left it, else read."""
+        state = self.agents.peek((ns, agent))
+        cached = state.children.get((kind, name)) if state is not None else None
+        return cached.load() if cached is not None else self.kube.get(kind, ns, name)
+
+    def _agent(self, namespace: str, name: str) -> dict[str, Any] | None:
+        state = self.agents.peek((namespace, name))
+        body = state.fresh_body() if state is not None else None
+        return body or self.kube.get("DeepAgent", namespace, name)
+
     def refresh_status(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Recompute the status from the children after one of them changed.
 
-        The children are read again (not taken from the watch event): a queued event can be
-        older than what another reconcile already read and wrote. Refreshes that pile up
-        behind the lock are coalesced: one that has not started reading yet will see the
-        changes of every event that arrived before it starts.
+        The DeepAgent and its children come from the watches' cache (no read): a child as the
+        newest of its watch events and our own writes left it (by resourceVersion, so a queued
+        event cannot undo a write), the DeepAgent as its watch left it unless the last
+        reconcile worked from a newer generation. Refreshes that pile up behind the lock are
+        coalesced: one that has not started yet sees every event that arrived before it starts.
         """
         key = (namespace, name)
         with self._pending_guard:
@@ -397,7 +408,7 @@ class Reconciler:
             with self.locks.hold(key):
                 with self._pending_guard:
                     self._refresh_pending.discard(key)
-                body = self.kube.get("DeepAgent", namespace, name)
+                body = self._agent(namespace, name)
                 if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                     self.agents.drop(key)  # a late event of a deleted agent
                     return None
@@ -424,70 +435,3 @@ class Reconciler:
         for key in self.agents.keys():
             if key not in existing and not self.locks.busy(key):
                 self.agents.drop(key)
-
-    # -- child events ---------------------------------------------------------------
-    def reconcile_by_name(self, namespace: str, name: str) -> dict[str, Any] | None:
-        body = self.kube.get("DeepAgent", namespace, name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            self.agents.drop((namespace, name))  # a late event of a deleted agent
-            return None
-        try:
-            return self.reconcile(body)
-        except SpecError:
-            return None  # already reported as a condition; kopf retries with back-off
-
-    def on_child_event(self, kind: str, event_type: str | None, child: Mapping[str, Any]) -> str:
-        """React to a watch event of a child; returns what was done (for logs and tests)."""
-        meta = child.get("metadata") or {}
-        # The agent label, or (someone removed it) the DeepAgent controlling the child.
-        agent = (meta.get("labels") or {}).get(AGENT_LABEL) or next(
-            (
-                r.get("name")
-                for r in meta.get("ownerReferences") or []
-                if r.get("kind") == KIND and r.get("controller")
-            ),
-            None,
-        )
-        ns, cname = meta.get("namespace"), meta.get("name")
-        if not agent or not ns:
-            return "ignored"
-        key = (kind, cname)
-        gen = meta.get("generation")
-        if event_type == "DELETED":
-            state = self.agents.peek((ns, agent))
-            if state is not None:
-                state.seen.discard(key)
-                state.generations.pop(key, None)
-                state.digests.pop(key, None)
-                state.children.pop(key, None)
-            self.metrics.drift_repairs.inc()
-            self.reconcile_by_name(ns, agent)
-            return "reconciled"
-        state = self.agents.get((ns, agent))
-        state.seen.add(key)
-        if kind in WATCHED_KINDS:
-            state.children[key] = Cached(child)
-        if event_type is None:  # initial listing: the resume handler reconciles
-            if gen is not None:
-                state.generations.setdefault(key, gen)
-            return "listed"
-        if kind in ("Deployment", "StatefulSet"):
-            known = state.generations.get(key)
-            if known is not None and gen is not None and gen != known:
-                # Someone else changed the spec of our child: restore it.
-                self.metrics.drift_checks.inc()
-                self.reconcile_by_name(ns, agent)
-                return "reconciled"
-            if gen is not None:
-                state.generations[key] = gen
-            digest = status_digest(child)
-            if state.digests.get(key) == digest:
-                return "unchanged"  # nothing the status is computed from has changed
-            state.digests[key] = digest
-            self.refresh_status(ns, agent)
-            return "status"
-        if kind in ("Service", "NetworkPolicy", "Secret"):
-            self.metrics.drift_checks.inc()
-            self.reconcile_by_name(ns, agent)
-            return "reconciled"
-        return "ignored"

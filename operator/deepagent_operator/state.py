@@ -30,17 +30,27 @@ WATCHED_KINDS = ("Deployment", "StatefulSet", "Service", "NetworkPolicy", "Horiz
 
 
 class Cached:
-    """A child as the cache keeps it: compact JSON without managedFields (the bulk of it, only
-    needed right before a write, which reads the object again); a tenth of the parsed size."""
+    """An object as the cache keeps it: compact JSON without managedFields (the bulk of it,
+    only needed right before a write, which reads the object again); a tenth of the parsed
+    size. ``generation`` and ``resource_version`` stay readable without parsing."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_raw", "generation", "resource_version")
 
     def __init__(self, obj: Any) -> None:
         meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
         self._raw = json.dumps({**obj, "metadata": meta}, separators=(",", ":"))
+        self.generation: int | None = meta.get("generation")
+        self.resource_version: str | None = meta.get("resourceVersion")
 
     def load(self) -> dict[str, Any]:
         return json.loads(self._raw)
+
+    def older_than(self, other: Cached) -> bool:
+        """Whether this snapshot is older than ``other`` of the same object: a queued watch
+        event must not replace what a later write returned. Resource versions are etcd
+        revisions (decimal) on every API server we know; anything else counts as newer."""
+        mine, theirs = self.resource_version or "", other.resource_version or ""
+        return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
 
 
 @dataclasses.dataclass
@@ -67,8 +77,40 @@ class AgentState:
     #: child writes the API server refused (HTTP 400 / 422), for back-off
     rejections: dict[ChildKey, Rejection] = dataclasses.field(default_factory=dict)
     #: the watched children as last seen (watch event or write): a resync with nothing
-    #: changed compares against these instead of reading every child again
+    #: changed compares against these instead of reading every child again, and a status
+    #: refresh computes from them
     children: dict[ChildKey, Cached] = dataclasses.field(default_factory=dict)
+    #: the DeepAgent as its watch last saw it (a status refresh reads no DeepAgent when
+    #: this is at least as new as what the last reconcile worked from)
+    body: Cached | None = None
+    #: metadata.generation of the DeepAgent the last reconcile worked from
+    reconciled_generation: int | None = None
+
+    def see_child(self, key: ChildKey, obj: Any) -> None:
+        """Cache a watched child as an event shows it, unless a later write is cached."""
+        snapshot, cached = Cached(obj), self.children.get(key)
+        if cached is None or not snapshot.older_than(cached):
+            self.children[key] = snapshot
+
+    def forget_child(self, key: ChildKey) -> None:
+        self.seen.discard(key)
+        self.generations.pop(key, None)
+        self.digests.pop(key, None)
+        self.children.pop(key, None)
+
+    def see_body(self, body: Any) -> None:
+        """Cache the DeepAgent as a watch event shows it (newest first)."""
+        snapshot = Cached(body)
+        if self.body is None or not snapshot.older_than(self.body):
+            self.body = snapshot
+
+    def fresh_body(self) -> dict[str, Any] | None:
+        """The cached DeepAgent, if it is at least as new as what the last reconcile
+        worked from (a status refresh then needs no read)."""
+        cached = self.body
+        if cached is None or (cached.generation or 0) < (self.reconciled_generation or 0):
+            return None
+        return cached.load()
 
 
 class AgentLocks:

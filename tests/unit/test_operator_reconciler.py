@@ -233,13 +233,48 @@ def test_status_follows_children_and_is_written_only_on_change(world):
     dep = store.objects[("Deployment", "agents", "coder-worker")]
     dep["status"] = {"observedGeneration": 1, "readyReplicas": 1, "availableReplicas": 1,
                      "updatedReplicas": 1}  # fmt: skip
-    store.objects[("StatefulSet", "agents", "coder-redis")]["status"] = {"readyReplicas": 1}
+    sts = store.objects[("StatefulSet", "agents", "coder-redis")]
+    sts["status"] = {"readyReplicas": 1}
+    # Each child's change reaches the status through its own watch event (no reads).
+    assert rec.on_child_event("StatefulSet", "MODIFIED", sts) == "status"
     assert rec.on_child_event("Deployment", "MODIFIED", dep) == "status"
     assert store.get("DeepAgent", "agents", "coder")["status"]["phase"] == "Ready"
     store.writes.clear()
     assert rec.on_child_event("Deployment", "MODIFIED", dep) == "unchanged"
     rec.refresh_status("agents", "coder")
     assert store.writes == []
+
+
+def test_a_status_refresh_reads_nothing_and_a_queued_event_never_undoes_a_write(world):
+    """Status refreshes compute from the watches' cache: no reads while the cached DeepAgent
+    is as new as the last reconcile's; a queued (older) child event never replaces what a
+    later write returned."""
+    store, rec, _ = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    queued = store.get("Deployment", "agents", "coder-worker")  # an event still in the queue
+    body = store.get("DeepAgent", "agents", "coder")
+    body["spec"]["replicas"], body["metadata"]["generation"] = 3, 2
+    store.objects[("DeepAgent", "agents", "coder")] = body
+    rec.observe_agent(store.get("DeepAgent", "agents", "coder"))
+    rec.reconcile(body)  # the Deployment now asks for 3 replicas (a newer resourceVersion)
+    reads: list[tuple[str, ...]] = []
+    get = store.get
+    store.get = lambda *key: reads.append(key) or get(*key)  # type: ignore[method-assign]
+    queued["status"] = {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    assert rec.on_child_event("Deployment", "MODIFIED", queued) == "status"
+    watched = lambda: [r for r in reads if r[0] != "Secret"]  # noqa: E731
+    assert watched() == [], "only the Redis password (never watched) for the AUTH probe"
+    assert (
+        rec.agents.peek(("agents", "coder"))
+        .children[("Deployment", "coder-worker")]
+        .load()["spec"]["replicas"]
+        == 3
+    ), "the queued event did not replace the newer write"
+    assert store.objects[("DeepAgent", "agents", "coder")]["status"]["phase"] != "Ready"
+    # A cached DeepAgent older than what the last reconcile worked from is read again.
+    rec.agents.peek(("agents", "coder")).reconciled_generation = 3
+    rec.refresh_status("agents", "coder")
+    assert watched() == [("DeepAgent", "agents", "coder")]
 
 
 def test_deleted_or_edited_child_is_restored(world):

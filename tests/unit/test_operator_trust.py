@@ -198,11 +198,14 @@ def test_old_secret_gets_its_redis_conf_and_redis_rolls_with_the_password():
 def test_redis_ready_needs_auth_and_ping():
     store, rec, _ = make()
     rec.reconcile(body(store))
-    store.objects[("StatefulSet", NS, "coder-redis")]["status"] = {"readyReplicas": 1}
-    store.objects[("Deployment", NS, "coder-worker")]["status"] = {
+    sts = store.objects[("StatefulSet", NS, "coder-redis")]
+    sts["status"] = {"readyReplicas": 1}
+    dep = store.objects[("Deployment", NS, "coder-worker")]
+    dep["status"] = {
         "observedGeneration": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1
     }  # fmt: skip
-    rec.refresh_status(NS, "coder")
+    rec.on_child_event("StatefulSet", "MODIFIED", sts)  # the status follows the watch events
+    rec.on_child_event("Deployment", "MODIFIED", dep)
     assert condition(store, "RedisReady")["status"] == "True"
     assert body(store)["status"]["phase"] == "Ready"
     password = base64.b64decode(store.get("Secret", NS, "coder-redis-auth")["data"]["password"])
