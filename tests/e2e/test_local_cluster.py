@@ -6,7 +6,9 @@ a config file from the operator's Secret, not in argv) -> Ready once the operato
 PING succeed -> the worker starts from the operator's Deployment (command, args, env; Secrets
 resolved like the kubelet does) -> a client streams an answer while Redis is killed -> the
 password is rotated (Secret deleted): Redis and the worker roll, streaming goes through Redis
-again -> delete -> everything is gone.
+again -> delete -> everything is gone. On the way, spec.gateway is enabled: the gateway starts
+from the operator's Deployment (its API key from the operator's Secret, mounted as a file) and
+the unmodified langgraph-sdk streams an answer through it (tests.harness.gateway_pods).
 
 The local cluster runs no containers, so three things stand in for the pod network: each
 process binds to 127.0.0.1 on a free port instead of the pod IP's fixed port, the Service
@@ -18,6 +20,7 @@ kubeconfig with the chart's ServiceAccount token instead of the mounted token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -33,7 +36,8 @@ import pytest
 
 from deepagent_operator.kube import Kube
 from deepagent_temporal.dev.servers import ManagedProcess, free_port
-from deepagent_temporal.examples.research_agent import SCRIPT
+from deepagent_temporal.examples.research_agent import SCRIPT, search
+from tests.harness.gateway_pods import gateway_env, http_status, start_gateway, stream_answer
 from tests.harness.pods import container_argv, container_env, decode_secret_data
 from tests.harness.redis_pods import RedisPods
 from tests.harness.service_dns import HOSTS_ENV, read_hosts
@@ -210,6 +214,19 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
         worker, health_port, worker_env = start_worker(1)
         assert worker_env["REDIS_URL"].endswith(f"@127.0.0.1:{redis_port}/0")
 
+        # 4b. Enable the gateway: it starts from the operator's Deployment and the unmodified
+        # langgraph-sdk streams an answer through it; the workers do not roll.
+        worker_hash = _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)["spec"][
+            "template"
+        ]["metadata"]["annotations"]["deepagent.dev/config-hash"]
+        gateway = _gateway_streams(k8s_cluster, ns, hosts_file, tmp_path, started, operator)
+        assert (
+            _get_json(k8s_cluster, "deployment", f"{AGENT}-worker", "-n", ns)["spec"]["template"][
+                "metadata"
+            ]["annotations"]["deepagent.dev/config-hash"]
+            == worker_hash
+        )
+
         # 5. A client streams an answer; Redis is killed in the middle of it.
         answer = _stream_while_killing_redis(
             temporal_server.address, task_queue, worker_env["REDIS_URL"], redis
@@ -232,6 +249,9 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
         kind_suffix = {"statefulset": "redis", "deployment": "worker"}
         redis_hash = template_hash("statefulset", "deepagent.dev/redis-auth-hash")
         worker_hash = template_hash("deployment", "deepagent.dev/config-hash")
+        gateway_hash = gateway["deployment"]["spec"]["template"]["metadata"]["annotations"][
+            "deepagent.dev/config-hash"
+        ]
         redis_pods.paused = False  # Redis comes back (it was killed above)
         k8s_cluster.kubectl("delete", "secret", f"{AGENT}-redis-auth", "-n", ns)
         wait_for(
@@ -239,6 +259,11 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             lambda: (
                 template_hash("statefulset", "deepagent.dev/redis-auth-hash") != redis_hash
                 and template_hash("deployment", "deepagent.dev/config-hash") != worker_hash
+                # the gateway reads Redis with the password too
+                and _get_json(k8s_cluster, "deployment", f"{AGENT}-gateway", "-n", ns)["spec"][
+                    "template"
+                ]["metadata"]["annotations"]["deepagent.dev/config-hash"]
+                != gateway_hash
             ),
             timeout=60,
             logs=operator.log_tail,
@@ -277,6 +302,9 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             ("service", f"{AGENT}-redis"),
             ("secret", f"{AGENT}-redis-auth"),
             ("networkpolicy", f"{AGENT}-redis"),
+            ("deployment", f"{AGENT}-gateway"),
+            ("service", f"{AGENT}-gateway"),
+            ("secret", f"{AGENT}-gateway-api-key"),
         ]
 
         def all_gone() -> bool:
@@ -299,6 +327,58 @@ def test_helm_apply_stream_failover_delete(k8s_cluster, temporal_server, namespa
             else:
                 process.stop()
         k8s_cluster.helm("uninstall", release, "--namespace", op_ns, check=False)
+
+
+def _gateway_streams(k8s_cluster, ns, hosts_file, tmp_path, started, operator) -> dict:
+    """Enable spec.gateway, start the gateway as its pod would, stream through it."""
+    patch = {"spec": {"gateway": {"enabled": True}}}
+    k8s_cluster.kubectl(
+        "patch", "deepagent", AGENT, "-n", ns, "--type=merge", "-p", json.dumps(patch)
+    )
+    wait_for(
+        "the gateway's Deployment, Service and key",
+        lambda: all(
+            k8s_cluster.kubectl("get", kind, name, "-n", ns, check=False).returncode == 0
+            for kind, name in [
+                ("deployment", f"{AGENT}-gateway"),
+                ("service", f"{AGENT}-gateway"),
+                ("secret", f"{AGENT}-gateway-api-key"),
+            ]
+        ),
+        logs=operator.log_tail,
+    )
+    deployment = _get_json(k8s_cluster, "deployment", f"{AGENT}-gateway", "-n", ns)
+    env, argv, mounts = gateway_env(
+        deployment, _look_up(k8s_cluster, ns), read_hosts(hosts_file), tmp_path / "gateway-pod"
+    )
+    assert argv == ["deepagent-temporal", "serve"]
+    assert env["DEEPAGENT_GRAPH"] == GRAPH and env["TEMPORAL_ADDRESS"]
+    assert "@127.0.0.1:" in env["REDIS_URL"]  # the Managed Redis, with its password
+    keys_file = Path(env["DEEPAGENT_GATEWAY_API_KEYS_FILE"])
+    assert keys_file.parent in mounts.values()  # the operator's Secret, mounted as a file
+    api_key = decode_secret_data(
+        _get_json(k8s_cluster, "secret", f"{AGENT}-gateway-api-key", "-n", ns)["data"]
+    )["api-key"]
+    assert keys_file.read_text().strip() == api_key
+    process, url = start_gateway("gateway", argv, env, tmp_path, Path(_venv_bin(argv[0])).parent)
+    started.append(process)
+    ready_line = process.log_tail()
+    assert "redis on" in ready_line and "auth on" in ready_line, ready_line
+    # the key is required (probes need none)
+    assert http_status(f"{url}/threads", "POST") == 401
+    assert http_status(f"{url}/threads", "POST", {"x-api-key": "wrong"}) == 401
+    result = asyncio.run(stream_answer(url, api_key, GRAPH, "What is durable execution?"))
+    assert result["events"][0] == "metadata" and result["events"][-1] == "end", result["events"]
+    by_type: dict[str, list[str]] = {}
+    for mid, text in result["texts"].items():
+        by_type.setdefault(result["types"][mid], []).append(text)
+    # every token once, in order: the model's two answers, and the search tool's result
+    assert sorted(by_type.pop("AIMessageChunk")) == sorted([SCRIPT[0]["content"], SCRIPT[1]])
+    query = SCRIPT[0]["tool_calls"][0]["args"]["query"]
+    assert by_type == {"tool": [search(query)]}, result
+    status = _get_json(k8s_cluster, "deepagent", AGENT, "-n", ns)["status"]
+    assert status["gateway"]["endpoint"] == f"http://{AGENT}-gateway.{ns}.svc:80"
+    return {"deployment": deployment, "process": process, "url": url}
 
 
 def _venv_bin(name: str) -> str:
