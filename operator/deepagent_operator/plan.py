@@ -320,7 +320,8 @@ def write_event(
         )
         new = obj["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION]
         if old != new:
-            return "RollingWorkers", f"config changed ({old} -> {new}): rolling Deployment {name}"
+            reason = "RollingGateway" if name.endswith("-gateway") else "RollingWorkers"
+            return reason, f"config changed ({old} -> {new}): rolling Deployment {name}"
     return "Updated", f"updated {kind} {name} to the desired state"
 
 

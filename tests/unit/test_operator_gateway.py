@@ -458,7 +458,7 @@ def test_gateway_readiness_shows_in_status_not_in_phase(world):
 
 
 def test_a_new_key_rolls_the_gateway_not_the_workers(world):
-    store, rec, _ = world
+    store, rec, events = world
     rec.reconcile(store.get("DeepAgent", "agents", "coder"))
     gw, wk = _hash(store, "coder-gateway"), _hash(store, "coder-worker")
     store.delete("Secret", "agents", "coder-gateway-api-key")  # rotation: delete the Secret
@@ -470,6 +470,7 @@ def test_a_new_key_rolls_the_gateway_not_the_workers(world):
         ("create", "Secret", "coder-gateway-api-key"),
     ]
     assert _hash(store, "coder-gateway") != gw and _hash(store, "coder-worker") == wk
+    assert any(e[1] == "RollingGateway" and "coder-gateway" in e[2] for e in events)
 
 
 def test_disable_deletes_deployment_and_service_and_keeps_the_key(world):
