@@ -112,6 +112,21 @@ async def test_a_joiner_midway_gets_the_rest(transport, agent):
     assert rest and all(everything[k] == v for k, v in rest.items())
 
 
+@pytest.mark.parametrize("transport", ["redis"])
+async def test_ainvoke_and_resume_follow_the_chain(transport, agent):
+    """ainvoke and resume wait for the run's outcome across continue-as-new boundaries (the
+    wait they hold must not keep the run from continuing)."""
+    config = _config()
+    paused = await asyncio.wait_for(
+        agent.ainvoke({"limit": 24, "note_bytes": 100, "pause_at": 20}, config), 120
+    )
+    assert paused["steps"] == 19 and paused["__interrupt__"]
+    assert await _continuations(agent, config) >= 1
+    final = await asyncio.wait_for(agent.ainvoke(Command(resume="go on"), config), 120)
+    assert final["steps"] == 24 and len(final["notes"]) == 24
+    assert await _continuations(agent, config) >= 2, "the resumed part continued too"
+
+
 async def _collect(agent, inp, config):
     return [ev async for ev in agent.astream(inp, config, stream_mode="tokens")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -54,6 +55,8 @@ class ThreadBusyError(RuntimeError):
 #: default ``astream`` deadline: long enough for a deep agent's run, short enough that a
 #: forgotten stream does not wait forever (``timeout=None`` waits without limit)
 DEFAULT_STREAM_TIMEOUT = 3600.0
+#: pause before asking a continued run's successor (the closing run answers at once)
+CHAIN_RETRY_SECONDS = 0.2
 
 
 def _serializable_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -198,6 +201,12 @@ class TemporalDeepAgent:
 
     async def _outcome(self, handle: WorkflowHandle, after_pauses: int) -> Any:
         state = await self._wait(handle, after_pauses)
+        while state is not None and state.status == "running":
+            # The run continued as new: wait on the chain's latest run (no run id). An
+            # update that still reaches the closing run is answered at once, hence the pause.
+            handle = self.client.get_workflow_handle(handle.id)
+            await asyncio.sleep(CHAIN_RETRY_SECONDS)
+            state = await self._wait(handle, after_pauses)
         if state is not None and state.status == "interrupted":
             values = state.values if isinstance(state.values, dict) else {"value": state.values}
             return {**values, "__interrupt__": list(state.interrupts)}

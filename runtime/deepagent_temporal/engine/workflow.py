@@ -139,6 +139,10 @@ class DeepAgentWorkflow:
         self._resume_values: list[Any] = []
         self._pause_count = int(carried.get("pause_count") or 0)
         self._waiters = 0
+        #: set right before continue-as-new, which waits for every handler to finish:
+        #: pending ``wait`` updates answer (status "running") so the client waits again on
+        #: the chain's next run instead of holding this one open
+        self._continuing = False
 
     # ------------------------------------------------------------------ run
 
@@ -277,6 +281,7 @@ class DeepAgentWorkflow:
         carried["state"] = self._state
         carried["pause_count"] = self._pause_count
         next_request = dataclasses.replace(request, input=None, continuation=carried)
+        self._continuing = True
         # keep the tail of the stream a lagging client may still need; older items go
         offset = self.stream._on_offset()
         keep_from = max(offset - STREAM_TAIL_CARRIED, self._state.segment_offset, 0)
@@ -353,12 +358,14 @@ class DeepAgentWorkflow:
 
     @workflow.update(name=WAIT_UPDATE)
     async def wait(self, after_pauses: int) -> RunState:
-        """Return once the run is paused (more than ``after_pauses`` times) or done."""
+        """Return once the run is paused (more than ``after_pauses`` times) or done, or
+        (status "running") when it continues as new: then ask the chain's next run."""
         self._waiters += 1
         try:
             await workflow.wait_condition(
                 lambda: (
-                    self._state.status in ("completed", "failed")
+                    self._continuing
+                    or self._state.status in ("completed", "failed")
                     or (self._state.status == "interrupted" and self._pause_count > after_pauses)
                 )
             )
