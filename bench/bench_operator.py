@@ -71,6 +71,19 @@ def cluster():
         shutil.rmtree(plane.work, ignore_errors=True)
 
 
+def _wait_established(api: client.ApiClient, timeout: float = 60) -> None:
+    """(Not ``kubectl wait``: it fails while a new CRD has no conditions yet.)"""
+    crds = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = crds.read_custom_resource_definition("deepagents.deepagent.dev")
+        conditions = (crd.status and crd.status.conditions) or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the DeepAgent CRD was not Established in time")
+
+
 def agent(ns: str, name: str) -> dict:
     return {
         "apiVersion": "deepagent.dev/v1alpha1",
@@ -247,7 +260,7 @@ def main() -> int:
             )
 
         kc("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        kc("wait", "--for=condition=Established", "crd/deepagents.deepagent.dev")
+        _wait_established(config.new_client_from_config(config_file=kubeconfig))
         ns = f"bench-{int(time.time())}"
         kc("create", "namespace", ns)
         api = config.new_client_from_config(config_file=kubeconfig)

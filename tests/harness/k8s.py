@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -117,6 +118,23 @@ class K8sCluster:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return self._run([self.kubectl_path, *args], check, input, timeout)
+
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until ``crd`` (``crd/<plural>.<group>``) is Established. Not ``kubectl wait``:
+        right after an apply the CRD may have no conditions yet, and it then fails with
+        "status.conditions accessor error" instead of waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.kubectl("get", crd, "-o", "json", check=False)
+            conditions = (json.loads(got.stdout or "{}").get("status") or {}).get("conditions")
+            if any(
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in conditions or []
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{crd} not Established after {timeout:.0f}s: {got.stdout}")
+            time.sleep(0.2)
 
     def helm(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300

@@ -263,9 +263,7 @@ def test_helm_install_succeeds(k8s_cluster):
         )  # fmt: skip
         status = json.loads(k8s_cluster.helm("status", release, "-n", op_ns, "-o", "json").stdout)
         assert status["info"]["status"] == "deployed"
-        k8s_cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/deepagents.deepagent.dev", "--timeout=60s"
-        )
+        k8s_cluster.wait_established("crd/deepagents.deepagent.dev")
         dep = f"deployment/{release}-deepagent-operator"
         k8s_cluster.kubectl("rollout", "status", dep, "-n", op_ns, "--timeout=90s")
     finally:

@@ -56,9 +56,7 @@ def test_crd_established_and_custom_resource(k8s_cluster, k8s_namespace):
     }
     k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
     try:
-        k8s_cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=60s"
-        )
+        k8s_cluster.wait_established(f"crd/widgets.{group}")
         custom = client.CustomObjectsApi(k8s_cluster.api_client)
         body = {
             "apiVersion": f"{group}/v1",

@@ -33,9 +33,7 @@ RESYNC = 2.0
 @pytest.fixture(scope="module")
 def kube(k8s_cluster) -> Kube:
     k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/deepagents.deepagent.dev", "--timeout=60s"
-    )
+    k8s_cluster.wait_established("crd/deepagents.deepagent.dev")
     return Kube(k8s_cluster.api_client)
 
 
