@@ -360,29 +360,42 @@ async def _rpc_error(request: Request, exc: Exception) -> Response:
 
 
 class ApiKeyAuth:
-    """``x-api-key`` must be one of ``keys`` (none configured: no auth)."""
+    """``x-api-key`` must be one of ``keys``; none configured: no auth, unless ``closed``
+    (a keys file that holds no key) says why every request is refused."""
 
-    def __init__(self, app: Any, keys: frozenset[str]) -> None:
+    def __init__(self, app: Any, keys: frozenset[str], closed: str | None = None) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.closed = closed
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
             scope["type"] == "http"
-            and self.keys
+            and (self.keys or self.closed)
             and scope["path"] not in OPEN_PATHS
             and scope["method"] != "OPTIONS"
         ):
             given = next((v for k, v in scope["headers"] if k == b"x-api-key"), b"")
             if not any(hmac.compare_digest(given, key) for key in self.keys):
-                response = JSONResponse({"detail": "Invalid or missing API key"}, 401)
-                await response(scope, receive, send)
+                detail = self.closed or "Invalid or missing API key"
+                await JSONResponse({"detail": detail}, 401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def create_app(gateway: Gateway, api_keys: frozenset[str] = frozenset()) -> Starlette:
-    if not api_keys:
+def create_app(
+    gateway: Gateway, api_keys: frozenset[str] = frozenset(), keys_file: str | None = None
+) -> Starlette:
+    """The ASGI app. With ``keys_file`` set, an empty ``api_keys`` fails closed: a keys file
+    that holds no key (emptied Secret, unreadable mount) never means "no auth"."""
+    closed = None
+    if keys_file and not api_keys:
+        closed = (
+            f"no API key in {keys_file} ({WorkerEnv.name('gateway_api_keys_file')}): "
+            f"the gateway refuses every request until the file holds one"
+        )
+        logger.error("%s", closed)
+    elif not api_keys:
         logger.warning(
             "the gateway serves WITHOUT authentication: no API key configured "
             "(for local use only; set %s in production)",
@@ -398,7 +411,7 @@ def create_app(gateway: Gateway, api_keys: frozenset[str] = frozenset()) -> Star
                 allow_headers=["*"],
                 expose_headers=["location", "content-location"],
             ),
-            Middleware(ApiKeyAuth, keys=api_keys),
+            Middleware(ApiKeyAuth, keys=api_keys, closed=closed),
         ],
         exception_handlers={ApiError: _api_error, RPCError: _rpc_error},
     )
@@ -410,6 +423,10 @@ def read_api_keys(path: str | None) -> frozenset[str]:
     """Keys of an API keys file: one a line, blank lines and ``#`` comments skipped."""
     if not path:
         return frozenset()
-    with open(path, encoding="utf-8") as f:
-        lines = (line.split("#", 1)[0].strip() for line in f)
-        return frozenset(line for line in lines if line)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+    except OSError as exc:  # the app then refuses every request (see create_app)
+        logger.error("cannot read the API keys file %s: %s", path, exc)
+        return frozenset()
+    return frozenset(line for line in lines if line)

@@ -50,7 +50,7 @@ async def serve(
         redis = RedisStreamReader(redis_url)
     keys = read_api_keys(api_keys_file)
     gateway = Gateway(client, Assistants(graph), task_queue, redis)
-    app = create_app(gateway, keys)
+    app = create_app(gateway, keys, keys_file=api_keys_file)
     server = uvicorn.Server(uvicorn_config(app, host, port))
     server.install_signal_handlers = lambda: None  # ours below
     loop = asyncio.get_running_loop()
@@ -64,7 +64,7 @@ async def serve(
         print(
             f"deepagent-temporal gateway ready: http://{host}:{port} "
             f"assistants {list(gateway.assistants.by_id)} task queue {task_queue!r} "
-            f"redis {'on' if redis else 'off'} auth {'on' if keys else 'off'}",
+            f"redis {'on' if redis else 'off'} auth {'on' if keys or api_keys_file else 'off'}",
             flush=True,
         )
         if ready is not None:
