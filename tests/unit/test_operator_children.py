@@ -355,6 +355,16 @@ def test_config_hash_covers_spec_and_referenced_data():
     h3 = config_hash(spec3, CONFIG, {})
     assert h3 != config_hash(spec3, OperatorConfig(default_image="other"), {})
     assert len(base) == 16
+    # Scaling the workers never rolls them.
+    scaled = parse_spec(dict(SAMPLE["spec"], replicas=5))
+    refs = {("Secret", "model-keys"): {"k": "YQ=="}}
+    assert config_hash(scaled, CONFIG, refs) == base
+    hpa = {k: v for k, v in SAMPLE["spec"].items() if k != "replicas"}
+    hpa["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4}
+    hpa["resources"] = SAMPLE["spec"].get("resources") or {"requests": {"cpu": "100m"}}
+    auto = parse_spec(hpa)
+    auto_no_hpa = parse_spec({k: v for k, v in hpa.items() if k != "autoscaling"})
+    assert config_hash(auto, CONFIG, refs) == config_hash(auto_no_hpa, CONFIG, refs)
 
 
 def test_builders_are_pure():

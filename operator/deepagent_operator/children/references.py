@@ -176,8 +176,11 @@ def config_hash(
     }
     return _digest(
         {
-            # The gateway has its own hash: turning it on or scaling it never rolls workers.
-            "spec": spec.model_copy(update={"gateway": None}).dump(),
+            # The gateway has its own hash: turning it on or scaling it never rolls workers;
+            # nor does scaling the workers themselves (replicas, autoscaling).
+            "spec": spec.model_copy(
+                update={"gateway": None, "replicas": None, "autoscaling": None}
+            ).dump(),
             "image": spec.image or config.default_image,
             "temporal": spec.temporal.address or config.default_temporal_address,
             "refs": refs,
