@@ -224,6 +224,14 @@ async def test_same_events_chunks_and_metadata(servers):
         assert [m["type"] for m in final["messages"]] == ["human", "ai", "tool", "ai"]
 
 
+def _brief(part: Any) -> str:
+    if part.event == "messages":
+        return repr(part.data[0]["content"])
+    if part.event == "updates":
+        return "u:" + ",".join(part.data)
+    return part.event
+
+
 async def _cut_and_join(client: Any, after_messages: int) -> tuple[list[Any], list[Any]]:
     """A stream cut after ``after_messages`` ``messages`` events, then joined from the
     last event id it received."""
@@ -274,8 +282,7 @@ async def test_join_stream_from_own_event_id(servers, server, after_messages):
     assert all(p.event != "metadata" for p in rest), [p.event for p in rest]
     joined = events(first + rest, server)
     assert [p.event for p in joined] == [p.event for p in whole], (
-        [p.event for p in first],
-        [p.event for p in rest],
+        f"first: {[_brief(p) for p in first]}\nrest: {[_brief(p) for p in rest]}"
     )
     assert [signature(p) for p in joined] == [signature(p) for p in whole]
     assert list(texts(joined).values()) == [SCRIPT[0]["content"], "5", SCRIPT[1]]

@@ -118,7 +118,7 @@ class ReplayMixin:
                             else:
                                 feed(raw)
                     else:
-                        self._graph_item(item.topic, item.data)
+                        self._graph_item(item.topic, item.data, item.offset)
                     if item.offset >= cur.offset - 1:
                         break
         if self.redis is not None and cur.redis_id != "0-0":

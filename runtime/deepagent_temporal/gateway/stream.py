@@ -211,7 +211,7 @@ class SegmentStream(ReplayMixin):
 
     # ----------------------------------------------------------------- inputs
 
-    def _graph_item(self, topic: str, data: Any) -> list[tuple[str, Any]]:
+    def _graph_item(self, topic: str, data: Any, offset: int = -1) -> list[tuple[str, Any]]:
         modes = self.spec.modes
         if topic == CUSTOM_TOPIC:
             return [("custom", data)] if "custom" in modes else []
@@ -227,7 +227,9 @@ class SegmentStream(ReplayMixin):
                 if "__interrupt__" in chunk:
                     self.interrupt_shown = True  # LangGraph's own interrupt update
                 out = node_output_events(chunk, self.seen_messages, self.spec.metadata)
-                out = [e for e in out if self.want_tokens and self._first_time(e[1][0])]
+                out = [
+                    e for i, e in enumerate(out) if self.want_tokens and self._first_time(offset, i)
+                ]
             return [*out, (kind, chunk)] if kind in modes else out
         if topic != RUN_TOPIC or not self._current(data) or kind not in RUN_ENDING_MARKERS:
             return []
@@ -246,11 +248,12 @@ class SegmentStream(ReplayMixin):
                 return [("values", interrupts)]
         return []
 
-    def _first_time(self, message: Any) -> bool:
+    def _first_time(self, offset: int, index: int) -> bool:
         """A node's output message is delivered once: its event's cursor names it as a
-        call that ended (the cursor of a cut between it and its item's ``updates``)."""
-        mid = message.get("id") if isinstance(message, dict) else getattr(message, "id", None)
-        h = call_hash({"task_id": f"message:{mid}"})
+        call that ended (the cursor of a cut between it and its item's ``updates``). Named
+        by its place in the stream: the id of a message the graph gave one may differ when
+        the workflow is replayed."""
+        h = call_hash({"task_id": f"output:{offset}:{index}"})
         p = self.pending_fill.pop(h, None)
         if p is not None and p.ended:
             return False
@@ -273,7 +276,8 @@ class SegmentStream(ReplayMixin):
                 delivered.extend(self.merger.push(raw))
             shown = self._show_tokens(delivered)
         else:
-            shown = [(n, d, self._id()) for n, d in self._graph_item(item.topic, item.data)]
+            graph = self._graph_item(item.topic, item.data, item.offset)
+            shown = [(n, d, self._id()) for n, d in graph]
         return self._emit(shown, offset=item.offset + 1)
 
     def _redis_entry(self, entry_id: str, events: list[dict[str, Any]]) -> list[Item]:
