@@ -282,7 +282,8 @@ async def test_join_stream_from_own_event_id(servers, server, after_messages):
     assert all(p.event != "metadata" for p in rest), [p.event for p in rest]
     joined = events(first + rest, server)
     assert [p.event for p in joined] == [p.event for p in whole], (
-        f"first: {[_brief(p) for p in first]}\nrest: {[_brief(p) for p in rest]}"
+        f"first: {[_brief(p) for p in first]}\nrest: {[_brief(p) for p in rest]}\n"
+        f"whole: {[_brief(p) for p in whole]}"
     )
     assert [signature(p) for p in joined] == [signature(p) for p in whole]
     assert list(texts(joined).values()) == [SCRIPT[0]["content"], "5", SCRIPT[1]]
