@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from . import MANAGER
 from .children import (
     HASH_ANNOTATION,
     gateway_name,
@@ -271,6 +272,16 @@ class ChildPlan:
         return not self.apply and not self.delete
 
 
+def _drops_replicas(obj: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """A Deployment whose replicas the operator's apply owns but no longer sets (an HPA
+    takes over): a change ``is_subset`` cannot see; the apply hands the count over."""
+    return (
+        obj.get("kind") == "Deployment"
+        and "replicas" not in (obj.get("spec") or {})
+        and owns_field(live, MANAGER, "spec", "replicas")
+    )
+
+
 def plan_children(
     desired: Sequence[dict[str, Any]],
     unwanted: Sequence[ChildKey],
@@ -291,7 +302,7 @@ def plan_children(
         live = observed.get(child_key(obj))
         if child_key(obj) in conflicts:
             continue
-        if live is not None and is_subset(obj, live):
+        if live is not None and is_subset(obj, live) and not _drops_replicas(obj, live):
             unchanged[child_key(obj)] = dict(live)
         else:
             apply.append(obj)
