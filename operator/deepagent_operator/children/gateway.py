@@ -36,7 +36,7 @@ from .common import (
     selector,
 )
 from .references import config_hash, resolve_image
-from .worker import TLS_MOUNT, worker_env
+from .worker import http_probes, runtime_volumes, worker_env
 
 GATEWAY_COMMAND = ["deepagent-temporal", "serve"]
 #: Where the gateway pods mount the API key Secret; the keys file is ``<mount>/<key>``.
@@ -98,8 +98,9 @@ def build_gateway_deployment(
     gateway = gateway_of(spec)
     secret_name, key = gateway_key_ref(name, spec)
     pod_labels = {**labels(name, "gateway"), REDIS_CLIENT_LABEL: name}
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
+    volumes, mounts = runtime_volumes(spec)
+    volumes.insert(
+        1,
         {
             "name": "api-keys",
             "secret": {
@@ -108,16 +109,8 @@ def build_gateway_deployment(
                 "defaultMode": 0o440,
             },
         },
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "api-keys", "mountPath": GATEWAY_KEYS_MOUNT, "readOnly": True},
-    ]
-    if spec.temporal.tls is not None:
-        volumes.append(
-            {"name": "temporal-tls", "secret": {"secretName": spec.temporal.tls.secret_name}}
-        )
-        mounts.append({"name": "temporal-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    )
+    mounts.insert(1, {"name": "api-keys", "mountPath": GATEWAY_KEYS_MOUNT, "readOnly": True})
     container = {
         "name": "gateway",
         "image": resolve_image(spec, config),
@@ -125,19 +118,7 @@ def build_gateway_deployment(
         "command": list(GATEWAY_COMMAND),
         "env": gateway_env(name, namespace, spec, config),
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/ok", "port": "http"},
-            "periodSeconds": 5,
-            "timeoutSeconds": 3,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/ok", "port": "http"},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
+        **http_probes("/ok", "/ok", "http"),
         "resources": (gateway.resources.dump() or None) if gateway.resources else None,
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": mounts,

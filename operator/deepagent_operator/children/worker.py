@@ -101,6 +101,38 @@ def shutdown_grace(spec: DeepAgentSpec) -> float:
     return float(WorkerEnv.shutdown_grace_seconds)
 
 
+def runtime_volumes(spec: DeepAgentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) every runtime pod has: a writable /tmp, the Temporal client
+    certificate when spec.temporal.tls is set."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.temporal.tls is not None:
+        volumes.append(
+            {"name": "temporal-tls", "secret": {"secretName": spec.temporal.tls.secret_name}}
+        )
+        mounts.append({"name": "temporal-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def http_probes(ready_path: str, live_path: str, port: str) -> dict[str, Any]:
+    """The readiness and liveness probes of a runtime container (HTTP GETs on ``port``)."""
+    return {
+        "readinessProbe": {
+            "httpGet": {"path": ready_path, "port": port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": live_path, "port": port},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+    }
+
+
 def build_worker_deployment(
     body: Mapping[str, Any], spec: DeepAgentSpec, config: OperatorConfig, hash_: str
 ) -> dict[str, Any]:
@@ -110,13 +142,7 @@ def build_worker_deployment(
     sel = selector(name, "worker")
     pod_labels = {**(spec.pod_labels or {}), **labels(name, "worker")}
     pod_annotations = {**(spec.pod_annotations or {}), HASH_ANNOTATION: hash_}
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.temporal.tls is not None:
-        volumes.append(
-            {"name": "temporal-tls", "secret": {"secretName": spec.temporal.tls.secret_name}}
-        )
-        mounts.append({"name": "temporal-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    volumes, mounts = runtime_volumes(spec)
     port = spec.health_port
     container = {
         "name": "worker",
@@ -126,19 +152,7 @@ def build_worker_deployment(
         "env": worker_env(name, namespace, spec, config),
         "envFrom": dump_list(spec.env_from),
         "ports": [{"name": "health", "containerPort": port, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "health"},
-            "periodSeconds": 5,
-            "timeoutSeconds": 3,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "health"},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
+        **http_probes("/readyz", "/healthz", "health"),
         "resources": (spec.resources.dump() or None) if spec.resources else None,
         "securityContext": dict(CONTAINER_SECURITY),
         "volumeMounts": mounts,
