@@ -119,6 +119,11 @@ class K8sCluster:
     ) -> subprocess.CompletedProcess[str]:
         return self._run([self.kubectl_path, *args], check, input, timeout)
 
+    def install_crd(self, path: Path, crd: str = "crd/deepagents.deepagent.dev") -> None:
+        """Server-side apply the CRD at ``path`` and wait until it is Established."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        self.wait_established(crd)
+
     def wait_established(self, crd: str, timeout: float = 60) -> None:
         """Wait until ``crd`` (``crd/<plural>.<group>``) is Established. Not ``kubectl wait``:
         right after an apply the CRD may have no conditions yet, and it then fails with

@@ -17,8 +17,7 @@ CRD = Path(__file__).resolve().parents[2] / "crds" / "deepagent.yaml"
 
 
 def test_all_namespaces_and_operator_defaults(k8s_cluster, tmp_path):
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.wait_established("crd/deepagents.deepagent.dev")
+    k8s_cluster.install_crd(CRD)
     kube = Kube(k8s_cluster.api_client)
     namespaces = [k8s_cluster.create_namespace("cwa"), k8s_cluster.create_namespace("cwb")]
     try:

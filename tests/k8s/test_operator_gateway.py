@@ -34,8 +34,7 @@ HASH = "deepagent.dev/config-hash"
 
 @pytest.fixture(scope="module")
 def kube(k8s_cluster) -> Kube:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.wait_established("crd/deepagents.deepagent.dev")
+    k8s_cluster.install_crd(CRD)
     return Kube(k8s_cluster.api_client)
 
 

@@ -45,15 +45,7 @@ N = WorkerEnv.name
 
 @pytest.fixture(scope="module")
 def kube(k8s_cluster) -> Kube:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    crds = client.ApiextensionsV1Api(k8s_cluster.api_client)
-
-    def established() -> bool:  # (`kubectl wait` fails while the CRD has no conditions yet)
-        crd = crds.read_custom_resource_definition("deepagents.deepagent.dev")
-        conditions = (crd.status and crd.status.conditions) or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for("the DeepAgent CRD to be established", established, WAIT)
+    k8s_cluster.install_crd(CRD)
     return Kube(k8s_cluster.api_client)
 
 

@@ -28,8 +28,7 @@ VALID = {
 
 
 def install_crd(k8s_cluster) -> None:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.wait_established("crd/deepagents.deepagent.dev")
+    k8s_cluster.install_crd(CRD)
     # The CR endpoint can lag behind Established by a moment.
     api = client.CustomObjectsApi(k8s_cluster.api_client)
     for _ in range(50):
