@@ -57,11 +57,13 @@ def start_gateway(
     name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, bin_dir: Path
 ) -> tuple[ManagedProcess, str]:
     """Start the console script of ``argv`` (from ``bin_dir``, where the image puts it on
-    PATH) and wait until ``/ok`` answers; -> (process, base URL)."""
+    PATH) and wait until ``/ok`` answers and the ready line is logged (uvicorn answers a
+    moment before the line is printed); -> (process, base URL)."""
     url = f"http://127.0.0.1:{env[N('gateway_port')]}"
     process = ManagedProcess(name, [str(bin_dir / argv[0]), *argv[1:]], log_dir, env=dict(env))
     process.start()
     process.wait_until(lambda: http_status(f"{url}/ok") == 200, 90)
+    process.wait_until(lambda: "gateway ready" in process.log_tail(), 30)
     return process, url
 
 
