@@ -107,6 +107,13 @@ class GatewaySpec(KubeModel):
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU/memory requests and limits of each gateway pod."
     )
+    worker_env_from: bool = Field(
+        default=True,
+        description="Give the gateway the workers' `spec.envFrom` too (default): it imports "
+        "the same graph module, and a module that builds its model at import (e.g. "
+        "`ChatOpenAI()`) needs the provider key there. `false` keeps those Secrets with the "
+        "workers, for a module that imports without them.",
+    )
 
     @model_validator(mode="after")
     def _required_key(self) -> GatewaySpec:

@@ -144,7 +144,7 @@ def test_deployment_runs_serve_with_the_workers_env_and_its_own():
     assert env[N("gateway_port")]["value"] == "2024"
     assert env[N("gateway_host")]["value"] == "0.0.0.0"
     assert env[N("gateway_api_keys_file")]["value"] == f"{GATEWAY_KEYS_MOUNT}/{GATEWAY_API_KEY}"
-    assert "envFrom" not in c  # model keys stay with the workers
+    assert "envFrom" not in c  # the workers have none either
 
 
 def test_probes_ports_labels_and_security():
@@ -238,6 +238,21 @@ def test_spec_env_tls_payload_storage_and_placement_carry_over():
     assert p["imagePullSecrets"] == [{"name": "pull"}]
     assert p["nodeSelector"] == {"pool": "agents"}
     assert p["serviceAccountName"] == "agents" and "automountServiceAccountToken" not in p
+
+
+def test_env_from_follows_the_workers_unless_turned_off():
+    """The gateway imports the same graph module: a module that builds its model at import
+    (``ChatOpenAI()`` raises without its key) would crash-loop the gateway without envFrom."""
+    spec = copy.deepcopy(BASE)
+    spec["envFrom"] = [{"secretRef": {"name": "model-keys"}}]
+    children = built(spec)
+    [gateway] = pod(children[("Deployment", "coder-gateway")])["containers"]
+    [worker] = pod(children[("Deployment", "coder-worker")])["containers"]
+    assert gateway["envFrom"] == worker["envFrom"] == [{"secretRef": {"name": "model-keys"}}]
+    spec["gateway"]["workerEnvFrom"] = False
+    [gateway] = pod(built(spec)[("Deployment", "coder-gateway")])["containers"]
+    assert "envFrom" not in gateway  # a template change: the gateway rolls, the workers not
+    assert "envFrom" in pod(built(spec)[("Deployment", "coder-worker")])["containers"][0]
 
 
 # -- the Service and the Secret -------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The gateway: ``deepagent-temporal serve`` next to the workers (``spec.gateway``).
 
 * Deployment ``<name>-gateway``: the runtime image (as the workers), the workers' environment
-  (``worker_env``: Temporal, task queue, Redis, payload storage, ``spec.env``) plus the
-  gateway's own variables, the API key Secret mounted read-only as its keys file, probes on
+  (``worker_env``: Temporal, task queue, Redis, payload storage, ``spec.env``; ``spec.envFrom``
+  unless ``spec.gateway.workerEnvFrom`` is false) plus the gateway's own variables, the API key Secret mounted read-only as its keys file, probes on
   ``/ok``, the Redis client label (the Managed Redis NetworkPolicy admits it);
 * Service ``<name>-gateway`` (``spec.gateway.service``), targeting the pods' gateway port;
 * Secret ``<name>-gateway-api-key``, created once with a random key when
@@ -117,6 +117,7 @@ def build_gateway_deployment(
         "imagePullPolicy": spec.image_pull_policy,
         "command": list(GATEWAY_COMMAND),
         "env": gateway_env(name, namespace, spec, config),
+        "envFrom": dump_list(spec.env_from) if gateway.worker_env_from else None,
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         **http_probes("/ok", "/ok", "http"),
         "resources": (gateway.resources.dump() or None) if gateway.resources else None,
