@@ -7,17 +7,15 @@ storage configured (``WorkerEnv.payload_s3_bucket`` and friends, see
 ``docs/long-runs.md``):
 
 * every payload of ``WorkerEnv.payload_threshold_bytes`` or more goes to an S3 bucket
-  through the Temporal SDK's ``ExternalStorage`` and its ``S3StorageDriver``; history
-  keeps a reference of a few hundred bytes (content-addressed keys: the same bytes are
-  stored once per workflow run);
+  through the Temporal SDK's ``ExternalStorage`` (:class:`CompactS3Driver`: the SDK's
+  ``S3StorageDriver`` with a shorter reference); history keeps a reference of about 230
+  bytes (content-addressed keys);
 * payloads of 1 KiB or more are compressed first (``zstd`` by default; measured 4-10x
   on text tool outputs, see :class:`CompressionCodec`).
 
-The S3 requests are signed here (AWS Signature V4 over ``httpx``) rather than through
-boto: botocore pins ``python-dateutil<3`` while the operator's ``kubernetes`` client
-needs ``>=3``, so the two cannot share an environment. Credentials are AWS's standard
-``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), read
-through :class:`~deepagent_temporal.contract.WorkerEnv`.
+The S3 side (a signed client, the driver) is :mod:`deepagent_temporal.s3`. Credentials are
+AWS's standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``),
+read through :class:`~deepagent_temporal.contract.WorkerEnv`.
 
 Without payload storage nothing changes, except that a payload Temporal would refuse
 fails the run with ``PayloadTooLargeError`` (:mod:`deepagent_temporal.payloads`), whose
@@ -31,22 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import functools
-import hashlib
-import hmac
-import logging
-import urllib.parse
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
 from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
 
 from deepagent_temporal.contract import EnvError, WorkerEnv
 from deepagent_temporal.payloads import COMPRESSION_ENCODINGS
+from deepagent_temporal.s3 import CompactS3Driver, S3Location, SigV4S3Client
 
 #: payloads smaller than this are never compressed (readable in the UI; no gain)
 COMPRESS_MIN_BYTES = 1024
@@ -122,237 +115,6 @@ class CompressionCodec(PayloadCodec):
         return out
 
 
-# ------------------------------------------------------------------------ S3 client
-
-
-def _sign(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
-
-
-def _quote_arg(value: str) -> str:
-    return urllib.parse.quote(value, safe="-_.~")
-
-
-def _quote(path: str) -> str:
-    # RFC 3986 unreserved characters stay, everything else is escaped (S3's rule for
-    # the canonical URI; "/" separates segments). S3 does not escape twice.
-    return urllib.parse.quote(path, safe="/-_.~")
-
-
-@dataclasses.dataclass(frozen=True)
-class S3Location:
-    """Where payloads go: an S3 (or S3-compatible) endpoint, a bucket, a key prefix."""
-
-    bucket: str
-    region: str = "us-east-1"
-    #: an S3-compatible endpoint (``http://host:port``, path-style requests); None:
-    #: AWS S3 in ``region`` (virtual-hosted-style requests)
-    endpoint: str | None = None
-    prefix: str = ""
-
-    def url(self, bucket: str, key: str) -> tuple[str, str, str]:
-        """``(url, host, canonical path)`` of an object."""
-        if self.endpoint:
-            base = urllib.parse.urlsplit(self.endpoint.rstrip("/"))
-            path = _quote(f"{base.path}/{bucket}/{self.prefix}{key}")
-            return f"{base.scheme}://{base.netloc}{path}", base.netloc, path
-        host = f"{bucket}.s3.{self.region}.amazonaws.com"
-        path = _quote(f"/{self.prefix}{key}")
-        return f"https://{host}{path}", host, path
-
-
-class S3Error(RuntimeError):
-    """An S3 request failed (the status and S3's error text are in the message)."""
-
-    def __init__(self, method: str, url: str, status: int, body: bytes) -> None:
-        self.status = status
-        text = body[:300].decode(errors="replace").strip()
-        super().__init__(f"S3 {method} {url}: HTTP {status} {text}")
-
-
-class SigV4S3Client(S3StorageDriverClient):
-    """An :class:`S3StorageDriverClient` that signs its own requests (AWS Signature V4)
-    and sends them with ``httpx``; keys get :attr:`S3Location.prefix`.
-
-    One ``httpx.AsyncClient`` per event loop (workers run activities in one loop, tests
-    may use several). Transient failures (connection errors, HTTP 5xx, 429) are retried
-    three times; the SDK's driver wraps what still fails in a ``RuntimeError`` that
-    fails the activity attempt or the workflow task, and Temporal retries those.
-    """
-
-    def __init__(
-        self,
-        location: S3Location,
-        access_key: str | None,
-        secret_key: str | None,
-        session_token: str | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self.location = location
-        self._access_key = access_key
-        self._secret_key = secret_key
-        self._session_token = session_token
-        self._timeout = timeout
-        self._clients: dict[int, Any] = {}
-
-    def describe(self) -> Mapping[str, str]:
-        info = {"client_region": self.location.region}
-        if self.location.endpoint:
-            info["endpoint"] = self.location.endpoint
-        return info
-
-    def _http(self) -> Any:
-        import httpx
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(id(loop))
-        if client is None or client.is_closed:
-            quiet = logging.getLogger("httpx")
-            if quiet.level == logging.NOTSET:  # not one INFO line per payload request
-                quiet.setLevel(logging.WARNING)
-            client = httpx.AsyncClient(timeout=self._timeout)
-            self._clients = {
-                k: c for k, c in self._clients.items() if not c.is_closed and k != id(loop)
-            }
-            self._clients[id(loop)] = client
-        return client
-
-    def signed_headers(
-        self,
-        method: str,
-        host: str,
-        path: str,
-        body: bytes,
-        now: datetime.datetime | None = None,
-        query: str = "",
-    ) -> dict[str, str]:
-        """The headers of a Signature V4 request (``Authorization`` included)."""
-        now = now or datetime.datetime.now(datetime.UTC)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-        day = amz_date[:8]
-        payload_hash = hashlib.sha256(body).hexdigest()
-        headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-        if self._session_token:
-            headers["x-amz-security-token"] = self._session_token
-        if not (self._access_key and self._secret_key):
-            return headers  # anonymous (a public or policy-open bucket)
-        names = sorted(headers)
-        canonical = "\n".join(
-            [
-                method,
-                path,
-                query,
-                "".join(f"{n}:{headers[n].strip()}\n" for n in names),
-                ";".join(names),
-                payload_hash,
-            ]
-        )
-        scope = f"{day}/{self.location.region}/s3/aws4_request"
-        to_sign = "\n".join(
-            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-        )
-        key = _sign(("AWS4" + self._secret_key).encode(), day)
-        for part in (self.location.region, "s3", "aws4_request"):
-            key = _sign(key, part)
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={signature}"
-        )
-        return headers
-
-    async def request(
-        self,
-        method: str,
-        bucket: str,
-        key: str,
-        body: bytes = b"",
-        query: Mapping[str, str] | None = None,
-    ) -> Any:
-        """One signed request (retried on transient failures); returns the response."""
-        import httpx
-
-        url, host, path = self.location.url(bucket, key)
-        canonical_query = "&".join(
-            f"{_quote_arg(k)}={_quote_arg(v)}" for k, v in sorted((query or {}).items())
-        )
-        if canonical_query:
-            url = f"{url}?{canonical_query}"
-        delay = 0.2
-        for attempt in range(4):
-            headers = self.signed_headers(method, host, path, body, query=canonical_query)
-            try:
-                response = await self._http().request(
-                    method, url, headers=headers, content=body or None
-                )
-            except httpx.TransportError:
-                if attempt == 3:
-                    raise
-            else:
-                if response.status_code < 500 and response.status_code != 429:
-                    return response
-                if attempt == 3:
-                    raise S3Error(method, url, response.status_code, response.content)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    async def put_object(self, *, bucket: str, key: str, data: bytes) -> None:
-        response = await self.request("PUT", bucket, key, data)
-        if response.status_code >= 300:
-            raise S3Error("PUT", str(response.url), response.status_code, response.content)
-
-    async def object_exists(self, *, bucket: str, key: str) -> bool:
-        response = await self.request("HEAD", bucket, key)
-        if response.status_code == 404:
-            return False
-        if response.status_code >= 300:
-            raise S3Error("HEAD", str(response.url), response.status_code, response.content)
-        return True
-
-    async def get_object(self, *, bucket: str, key: str) -> bytes:
-        response = await self.request("GET", bucket, key)
-        if response.status_code >= 300:
-            raise S3Error("GET", str(response.url), response.status_code, response.content)
-        return response.content
-
-    async def usage(self, bucket: str, prefix: str = "") -> tuple[int, int]:
-        """``(objects, bytes)`` under ``prefix`` (after :attr:`S3Location.prefix`); for
-        sizing a bucket (``ListObjectsV2``, needs ``s3:ListBucket``)."""
-        import re
-
-        objects = size = 0
-        token = None
-        while True:
-            query = {"list-type": "2", "prefix": self.location.prefix + prefix}
-            if token:
-                query["continuation-token"] = token
-            response = await self.request("GET", bucket, "", query=query)
-            if response.status_code >= 300:
-                raise S3Error("GET", str(response.url), response.status_code, response.content)
-            sizes = re.findall(r"<Size>(\d+)</Size>", response.text)
-            objects += len(sizes)
-            size += sum(int(n) for n in sizes)
-            found = re.search(
-                r"<NextContinuationToken>([^<]+)</NextContinuationToken>", response.text
-            )
-            if not found:
-                return objects, size
-            token = found.group(1)
-
-    async def create_bucket(self, bucket: str) -> None:
-        """Create ``bucket`` if it does not exist (tests and local setups; the driver
-        never creates one)."""
-        response = await self.request("PUT", bucket, "")
-        if response.status_code >= 300 and b"BucketAlreadyOwnedByYou" not in response.content:
-            raise S3Error("PUT", str(response.url), response.status_code, response.content)
-
-    async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.aclose()
-
-
 # --------------------------------------------------------------------- configuration
 
 
@@ -410,8 +172,12 @@ class PayloadStorage:
     def external_storage(self) -> ExternalStorage | None:
         if self.location is None:
             return None
-        driver = S3StorageDriver(client=self.s3_client(), bucket=self.location.bucket)
-        return ExternalStorage(drivers=[driver], payload_size_threshold=self.threshold_bytes)
+        driver = CompactS3Driver(self.s3_client(), self.location.bucket)
+        return ExternalStorage(
+            drivers=[driver, driver.sdk_driver],  # the SDK's: to read its references
+            driver_selector=lambda _context, _payload: driver,
+            payload_size_threshold=self.threshold_bytes,
+        )
 
 
 @functools.cache

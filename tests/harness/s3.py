@@ -112,7 +112,7 @@ class SeaweedFS:
         return f"http://{LOOPBACK}:{self.port}"
 
     def client(self, bucket: str = "", prefix: str = ""):
-        from deepagent_temporal.storage import S3Location, SigV4S3Client
+        from deepagent_temporal.s3 import S3Location, SigV4S3Client
 
         location = S3Location(bucket=bucket, endpoint=self.endpoint, prefix=prefix)
         return SigV4S3Client(location, ACCESS_KEY, SECRET_KEY)

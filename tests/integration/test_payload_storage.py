@@ -23,6 +23,7 @@ from deepagent_temporal.contract import GET_STATE_QUERY, RunState, WorkerEnv
 from deepagent_temporal.converter import data_converter
 from deepagent_temporal.dev.histories import chain_histories
 from deepagent_temporal.payloads import PayloadUnreadableError
+from deepagent_temporal.s3 import CompactS3Driver
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,21 @@ def _texts(events):
     return texts
 
 
+async def test_the_s3_client_tells_an_objects_age(storage_env):
+    """What the driver's refresh rests on: ``HEAD``'s Last-Modified, on a real server."""
+    settings = payload_storage.PayloadStorage.from_env(WorkerEnv.from_env(storage_env))
+    s3 = settings.s3_client()
+    bucket, key = settings.location.bucket, f"age-test/{uuid.uuid4().hex}"
+    try:
+        assert await s3.object_age(bucket=bucket, key=key) is None
+        await s3.put_object(bucket=bucket, key=key, data=b"x")
+        age = await s3.object_age(bucket=bucket, key=key)
+        assert age is not None and -5 < age < 60, age  # whole seconds, two clocks
+        assert await s3.object_exists(bucket=bucket, key=key)
+    finally:
+        await s3.aclose()
+
+
 async def test_a_state_past_2mb_completes_with_payload_storage(
     temporal_client, redis_up, s3_server, bucket, storage_env, worker_stored
 ):
@@ -104,6 +120,18 @@ async def test_a_state_past_2mb_completes_with_payload_storage(
     assert len(runs) >= 3, "the run continued as new"
     for run in runs:  # references only: every run's history stays small
         assert run.size_bytes < 1_000_000, run
+    history = await client.get_workflow_handle(thread).fetch_history()
+    references = [  # node inputs in the bucket: history holds the short reference only
+        p
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        for p in e.activity_task_scheduled_event_attributes.input.payloads
+        if p.external_payloads
+    ]
+    assert references, "node inputs went to the bucket"
+    for ref in references:
+        assert CompactS3Driver.NAME.encode() in ref.data, ref
+        assert ref.ByteSize() < 300, ref
 
     # A client without the workers' storage settings is told which settings it lacks.
     plain = Client(**{**temporal_client.config(), "data_converter": data_converter})

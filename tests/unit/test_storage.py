@@ -1,16 +1,23 @@
-"""Payload storage settings, the compression codec and the payload size guard (no server:
-the S3 round trips are in tests/integration/test_payload_storage.py, on SeaweedFS)."""
+"""Payload storage settings, the compression codec, the S3 driver and client, and the
+payload size guard (no server: the S3 round trips are in
+tests/integration/test_payload_storage.py, on SeaweedFS)."""
 
 from __future__ import annotations
+
+import hashlib
+import time
+from unittest import mock
 
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
-from temporalio.converter import JSONProtoPayloadConverter
+from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
+from temporalio.converter import ExternalStorage, JSONProtoPayloadConverter, StorageDriverClaim
 
 from deepagent_temporal import payloads, storage
 from deepagent_temporal.contract import EnvError, WorkerEnv
 from deepagent_temporal.converter import DeepAgentPayloadConverter, data_converter
+from deepagent_temporal.s3 import CompactS3Driver, S3Location, SigV4S3Client
 
 BUCKET = {WorkerEnv.name("payload_s3_bucket"): "payloads"}
 
@@ -119,21 +126,100 @@ async def test_a_process_without_storage_names_the_fix_for_stored_or_compressed_
     assert conv.from_payloads([plain]) == [{"notes": ["x" * 4000]}]
 
 
+class MemoryS3(S3StorageDriverClient):
+    """A bucket in a dict, counting requests (the real round trips run on SeaweedFS)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.written: dict[tuple[str, str], float] = {}
+        self.requests: list[str] = []
+
+    async def put_object(self, *, bucket: str, key: str, data: bytes) -> None:
+        self.requests.append("PUT")
+        self.objects[bucket, key] = data
+        self.written[bucket, key] = time.time()
+
+    async def object_exists(self, *, bucket: str, key: str) -> bool:
+        return await self.object_age(bucket=bucket, key=key) is not None
+
+    async def object_age(self, *, bucket: str, key: str) -> float | None:
+        self.requests.append("HEAD")
+        if (bucket, key) not in self.objects:
+            return None
+        return time.time() - self.written[bucket, key]
+
+    async def get_object(self, *, bucket: str, key: str) -> bytes:
+        self.requests.append("GET")
+        return self.objects[bucket, key]
+
+
+def _storage_on(client: S3StorageDriverClient) -> ExternalStorage:
+    settings = storage.PayloadStorage.from_env(WorkerEnv.from_env(BUCKET))
+    with mock.patch.object(storage.PayloadStorage, "s3_client", lambda _self: client):
+        return settings.external_storage()
+
+
+async def test_references_are_short_and_read_back_through_the_sdk_driver():
+    s3 = MemoryS3()
+    external = _storage_on(s3)
+    big = _payload(b"state " * 10_000)
+    [ref] = await external._store_payload_sequence([big])
+    claim = JSONProtoPayloadConverter().from_payload(ref, ExternalStorageReference)
+    assert claim.driver_name == CompactS3Driver.NAME
+    assert set(claim.claim_data) == {"b", "s"} and claim.claim_data["b"] == "payloads"
+    assert ref.ByteSize() < 260  # the SDK driver's reference: about 420 bytes
+    digest = hashlib.sha256(big.SerializeToString()).hexdigest()
+    assert ("payloads", f"v0/d/sha256/{digest}") in s3.objects
+    [back] = await external._retrieve_payload_sequence([ref])
+    assert back == big
+    # the same content again (a replay re-encodes every input): found, not uploaded
+    await external._store_payload_sequence([big])
+    assert s3.requests == ["HEAD", "PUT", "GET", "HEAD"]
+    # ... unless it was written more than a day ago: then it is written anew, so that
+    # a later run's reference never points at an object about to expire
+    s3.written[next(iter(s3.written))] -= CompactS3Driver.REFRESH_SECONDS + 1
+    s3.requests.clear()
+    await external._store_payload_sequence([big])
+    assert s3.requests == ["HEAD", "PUT"]
+
+
+async def test_references_the_sdk_driver_wrote_stay_readable():
+    s3 = MemoryS3()
+    sdk = ExternalStorage(drivers=[S3StorageDriver(client=s3, bucket="payloads")])
+    big = _payload(b"older run " * 10_000)
+    [ref] = await sdk._store_payload_sequence([big])
+    assert (await _storage_on(s3)._retrieve_payload_sequence([ref])) == [big]
+
+
+async def test_a_changed_object_or_a_forged_reference_is_refused():
+    s3 = MemoryS3()
+    external = _storage_on(s3)
+    [ref] = await external._store_payload_sequence([_payload(b"state " * 10_000)])
+    [key] = s3.objects
+    s3.objects[key] = _payload(b"other").SerializeToString()
+    with pytest.raises(ValueError, match="integrity check failed"):
+        await external._retrieve_payload_sequence([ref])
+    driver = external.drivers[0]
+    for forged in ({"b": "payloads"}, {"b": "payloads", "s": "c2hvcnQ"}, {"s": 3}):
+        with pytest.raises(ValueError, match="not a deepagent.s3 storage reference"):
+            await driver.retrieve(None, [StorageDriverClaim(claim_data=forged)])
+
+
 def test_object_urls_path_style_with_an_endpoint_else_virtual_hosted():
-    local = storage.S3Location("b", endpoint="http://127.0.0.1:9000/", prefix="p/")
+    local = S3Location("b", endpoint="http://127.0.0.1:9000/", prefix="p/")
     assert local.url("b", "v0/wi/a%3Ab") == (
         "http://127.0.0.1:9000/b/p/v0/wi/a%253Ab",
         "127.0.0.1:9000",
         "/b/p/v0/wi/a%253Ab",
     )
-    aws = storage.S3Location("b", region="eu-west-1")
+    aws = S3Location("b", region="eu-west-1")
     assert aws.url("b", "k")[0] == "https://b.s3.eu-west-1.amazonaws.com/k"
 
 
 def test_signed_headers_are_deterministic_and_carry_the_session_token():
     import datetime
 
-    client = storage.SigV4S3Client(storage.S3Location("b"), "AK", "SK", "TOKEN")
+    client = SigV4S3Client(S3Location("b"), "AK", "SK", "TOKEN")
     now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     one = client.signed_headers("PUT", "h", "/b/k", b"data", now)
     assert one == client.signed_headers("PUT", "h", "/b/k", b"data", now)
@@ -142,5 +228,5 @@ def test_signed_headers_are_deterministic_and_carry_the_session_token():
     assert "x-amz-security-token" in one["authorization"]
     other = client.signed_headers("PUT", "h", "/b/k", b"datb", now)
     assert other["authorization"] != one["authorization"]
-    anonymous = storage.SigV4S3Client(storage.S3Location("b"), None, None)
+    anonymous = SigV4S3Client(S3Location("b"), None, None)
     assert "authorization" not in anonymous.signed_headers("GET", "h", "/b/k", b"")
