@@ -274,11 +274,10 @@ class SigV4S3Client(S3StorageDriverClient):
 class CompactS3Driver(StorageDriver):
     """The SDK's S3 storage with a short reference in Event History.
 
-    Why: a long run references the state twice per node (the activity's input, and the
-    input of the next), and the SDK driver's claim repeats the namespace, the workflow or
-    activity ids and the hash twice in about 420 bytes; this claim, ``{"b": bucket, "s":
-    sha256 as base64url}``, takes about 230, which halves what payload storage leaves in
-    history per step.
+    Why: a long run leaves up to two references per node in history (its input, the whole
+    state, and its result), and the SDK driver's reference repeats the namespace, the
+    workflow or activity ids and the hash in about 420 bytes; this one, ``{"b": bucket,
+    "s": sha256 as base64url}``, takes about 230.
 
     Keys are ``v0/d/sha256/<hex>`` (after :attr:`S3Location.prefix`): one object per
     content, across runs (the SDK's activity keys are not per run either). A store uploads
