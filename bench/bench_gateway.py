@@ -11,7 +11,11 @@ matched to its emit time by (message id, text offset). Latency = receive time - 
 time, both ``time.time()`` on this machine. At most ``--per-run`` SSE clients read one
 run (Temporal bounds in-flight updates per workflow, and every stream long-polls one).
 
-Usage: ``python bench/bench_gateway.py [--quick] [--streams N] [--rate R] [--tokens T]``.
+The rows: 1, 100 and 500 streams at ``--rate`` tokens/s per run, then 500 streams at
+``--light-rate`` (each run's rate comes with the run, as ``config.configurable.rate``).
+
+Usage: ``python bench/bench_gateway.py [--quick] [--streams N ...] [--rate R]
+[--light-rate R] [--tokens T]``.
 """
 
 from __future__ import annotations
@@ -38,16 +42,17 @@ _RATE = float(os.environ.get("BENCH_GATEWAY_RATE", "100"))
 
 
 def _graph() -> Any:
+    from langchain_core.runnables import RunnableConfig
     from langgraph.graph import END, START, MessagesState, StateGraph
 
     from deepagent_temporal.dev.scripted import ScriptedChatModel
 
-    model = ScriptedChatModel(
-        responder=lambda msgs: " ".join(f"t{i}" for i in range(_TOKENS)),
-        token_delay=1.0 / _RATE,
-    )
-
-    async def answer(state: MessagesState) -> dict:
+    async def answer(state: MessagesState, config: RunnableConfig) -> dict:
+        rate = float(config.get("configurable", {}).get("rate") or _RATE)
+        model = ScriptedChatModel(
+            responder=lambda msgs: " ".join(f"t{i}" for i in range(_TOKENS)),
+            token_delay=1.0 / rate,
+        )
         await asyncio.sleep(1.0)  # every reader is attached before the first token
         return {"messages": [await model.ainvoke(state["messages"])]}
 
@@ -97,13 +102,19 @@ async def _direct_tokens(agent: Any, thread_id: str, out: dict[tuple[str, int], 
             out[(mid, offsets[mid])] = (ev["ts"], now)
 
 
-async def _one_run(http: Any, agent: Any, clients: int) -> tuple[list[float], list[float], int]:
+async def _one_run(
+    http: Any, agent: Any, clients: int, rate: float
+) -> tuple[list[float], list[float], int]:
     tid = f"bench-{uuid.uuid4().hex[:12]}"
     await http.post("/threads", json={"thread_id": tid})
     run = (
         await http.post(
             f"/threads/{tid}/runs",
-            json={"assistant_id": "bench_gateway", "input": {"messages": [("user", "go")]}},
+            json={
+                "assistant_id": "bench_gateway",
+                "input": {"messages": [("user", "go")]},
+                "config": {"configurable": {"rate": rate}},
+            },
         )
     ).json()
     direct: dict[tuple[str, int], tuple] = {}
@@ -181,12 +192,19 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
                 graph_name=GRAPH,
                 redis_stream_backend=RedisStreamBackend(redis.url),
             )
-            await _one_run(http, agent, 1)  # warm-up
-            for streams in [1, *args.streams]:
+            await _one_run(http, agent, 1, args.rate)  # warm-up
+            # the rows at --rate, then the largest number of streams at --light-rate: what
+            # one gateway process adds when the machine is not saturated (on 2 cores, 500
+            # streams at 50 tokens/s each need more CPU than the gateway, the worker,
+            # Temporal and the readers have together)
+            loads = [(n, args.rate) for n in [1, *args.streams]]
+            if args.light_rate and args.streams:
+                loads.append((max(args.streams), args.light_rate))
+            for streams, rate in loads:
                 runs = max(1, -(-streams // args.per_run))
                 per_run = [streams // runs + (i < streams % runs) for i in range(runs)]
                 cpu0, t0 = _cpu_seconds(gateway.pid), time.perf_counter()
-                results = await asyncio.gather(*(_one_run(http, agent, n) for n in per_run))
+                results = await asyncio.gather(*(_one_run(http, agent, n, rate) for n in per_run))
                 cpu = _cpu_seconds(gateway.pid) - cpu0
                 elapsed = time.perf_counter() - t0
                 direct = [x for r in results for x in r[0]]
@@ -196,7 +214,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
                 gp50, gp99 = percentiles(gw)
                 rows.append(
                     Row(
-                        f"direct astream (tokens), {runs} run(s) x {args.rate:g} tok/s",
+                        f"direct astream (tokens), {runs} run(s) x {rate:g} tok/s",
                         dp50,
                         dp99,
                         note=f"{len(direct):,} tokens; the baseline of the next row",
@@ -227,7 +245,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 and 50 streams")
     parser.add_argument("--streams", type=int, nargs="*", default=None)
     parser.add_argument("--per-run", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="tokens/s of each run")
+    parser.add_argument(
+        "--light-rate",
+        type=float,
+        default=5.0,
+        help="tokens/s of each run in a last row at the most streams (0: no such row)",
+    )
     parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
     if args.streams is None:

@@ -8,22 +8,30 @@ SeaweedFS (S3 API), zstd compression, at the default history budget (10 MB / 10,
 events per run) and the default storage threshold (16 KiB; a second row at 1 KiB, where
 every payload but the smallest goes to the bucket: the floor of history per step).
 
+Steps: a *LangGraph step* is one superstep, here one node run (``think`` or ``tool``), the
+unit of ``recursion_limit`` and of the issue's measurements (history grew with every node's
+input and output). The loop's ``limit`` counts think + tool *iterations*, two LangGraph
+steps each; per-step figures are printed for both.
+
 Rows:
 
-1. 1,000 steps, 4 KB outputs, a client streaming every token: wall time per step against
-   in-process LangGraph (``long_loop.ainvoke``, same graph, same model); history of every
-   run of the continue-as-new chain (fetched), history bytes per step (goal <= 2 KB); the
-   client's tokens are checked exactly once against the final messages.
-2. 200 steps, 64 KB outputs (the state passes 12 MB): completes.
-3. 1,000 steps, a worker SIGKILLed mid-node around step 500, a second worker takes over:
-   executions per (node, step) counted by the graph itself (a file each execution
-   appends to): only the interrupted node runs twice; the stream is still exactly once.
-4. 200 steps, 4 KB outputs, with storage and without (the state stays under 2 MB, so
+1. 1,000 iterations (2,000 LangGraph steps), 4 KB outputs, a client streaming every token:
+   wall time per step against in-process LangGraph (``long_loop.ainvoke``, same graph,
+   same model); history of every run of the continue-as-new chain (fetched), history
+   bytes per step (goal <= 2 KB); the client's tokens are checked exactly once against
+   the final messages.
+2. 200 iterations, 64 KB outputs (the state passes 12 MB): completes.
+3. 1,000 iterations, a worker SIGKILLed mid-node around iteration 500, a second worker
+   takes over: executions per (node, iteration) counted by the graph itself (a file each
+   execution appends to): only the interrupted node runs twice; the stream is still
+   exactly once.
+4. 200 iterations, 4 KB outputs, with storage and without (the state stays under 2 MB, so
    both complete): what payload storage changes in time and history.
 5. Compression of the long-loop state (one activity input at step 1,000) with zstd and
    zlib, against none.
 
-Usage: ``python bench/bench_long_runs.py [--quick]`` (``--quick``: 200 / 40 / 200 steps).
+Usage: ``python bench/bench_long_runs.py [--quick]`` (``--quick``: 200 / 40 / 200
+iterations).
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ GRAPH = "deepagent_temporal.examples.shapes:long_loop"
 BUDGET_BYTES = 10_000_000  # WorkerEnv.history_max_bytes default
 BUDGET_EVENTS = 10_000
 BIG_EVENTS = 1_000
+#: LangGraph steps (node runs) per think + tool iteration of the loop
+STEPS_PER_ITERATION = 2
 
 
 def _texts(events: list[dict]) -> tuple[dict[str, str], int]:
@@ -199,14 +209,20 @@ async def scenario_long(
     note, per_step, within = await history_note(client, thread, steps)
     overhead_ms = (elapsed - baseline) / steps * 1000
     threshold_text = f"threshold {threshold} B" if threshold else "default threshold 16 KiB"
+    lg = STEPS_PER_ITERATION
     return [
-        f"| {steps} steps x 4 KB, streaming, storage ({threshold_text}) | completed | "
-        f"{elapsed:.1f} s ({elapsed / steps * 1000:.1f} ms/step) | in-process LangGraph "
-        f"{baseline:.1f} s ({baseline / steps * 1000:.2f} ms/step): "
-        f"**+{overhead_ms:.1f} ms/step** | **{per_step / 1000:.2f} KB/step** (goal <= 2) | "
+        f"| {_iterations(steps)} x 4 KB, streaming, storage ({threshold_text}) | completed | "
+        f"{elapsed:.1f} s ({elapsed / steps / lg * 1000:.1f} ms/step) | in-process LangGraph "
+        f"{baseline:.1f} s ({baseline / steps / lg * 1000:.2f} ms/step): "
+        f"**+{overhead_ms / lg:.1f} ms/step** | **{per_step / lg / 1000:.2f} KB/step** "
+        f"(goal <= 2; {per_step / 1000:.2f} KB per iteration) | "
         f"{'within budget' if within else 'OVER BUDGET'}: {note}; bucket {stored} | "
         f"{check_stream(values, events)} |"
     ]
+
+
+def _iterations(n: int) -> str:
+    return f"{n:,} iterations ({n * STEPS_PER_ITERATION:,} LangGraph steps)"
 
 
 async def scenario_without_storage(bench: Bench, steps: int) -> list[str]:
@@ -224,10 +240,12 @@ async def scenario_without_storage(bench: Bench, steps: int) -> list[str]:
     baseline = await in_process_seconds(steps, 4096)
     note, per_step, within = await history_note(client, thread, steps)
     overhead_ms = (elapsed - baseline) / steps * 1000
+    lg = STEPS_PER_ITERATION
     return [
-        f"| {steps} steps x 4 KB, streaming, **no storage** | completed | {elapsed:.1f} s "
-        f"({elapsed / steps * 1000:.1f} ms/step) | +{overhead_ms:.1f} ms/step | "
-        f"{per_step / 1000:.2f} KB/step | {'within budget' if within else 'OVER BUDGET'}: "
+        f"| {_iterations(steps)} x 4 KB, streaming, **no storage** | completed | "
+        f"{elapsed:.1f} s ({elapsed / steps / lg * 1000:.1f} ms/step) | "
+        f"+{overhead_ms / lg:.1f} ms/step | {per_step / lg / 1000:.2f} KB/step | "
+        f"{'within budget' if within else 'OVER BUDGET'}: "
         f"{note} | {check_stream(values, events)} |"
     ]
 
@@ -246,10 +264,10 @@ async def scenario_big(bench: Bench, client: Client, steps: int) -> list[str]:
     state_mb = sum(len(n) for n in values["notes"]) / 1e6
     note, per_step, within = await history_note(client, thread, steps)
     return [
-        f"| {steps} steps x 64 KB (state {state_mb:.1f} MB), storage, budget "
+        f"| {_iterations(steps)} x 64 KB (state {state_mb:.1f} MB), storage, budget "
         f"{BIG_EVENTS} events | completed | "
-        f"{elapsed:.1f} s ({elapsed / steps * 1000:.1f} ms/step) | - | "
-        f"{per_step / 1000:.2f} KB/step | {'within budget' if within else 'OVER BUDGET'}: "
+        f"{elapsed:.1f} s ({elapsed / steps / STEPS_PER_ITERATION * 1000:.1f} ms/step) | - | "
+        f"{per_step / STEPS_PER_ITERATION / 1000:.2f} KB/step | {'within budget' if within else 'OVER BUDGET'}: "
         f"{note}; bucket {stored} | {check_stream(values, events)} |"
     ]
 
@@ -290,7 +308,8 @@ async def scenario_kill(bench: Bench, client: Client, steps: int) -> list[str]:
         else f"RE-RAN {twice[:5]} MISSING {missing[:5]}"
     )
     return [
-        f"| {steps} steps, worker SIGKILLed at step {kill_at}, second worker | completed | "
+        f"| {_iterations(steps)}, worker SIGKILLed at iteration {kill_at}, second worker | "
+        f"completed | "
         f"{elapsed:.1f} s | - | - | executions: {len(counts)} (node, step) pairs, "
         f"re-executed: {', '.join(twice) or 'none'}; {verdict} | {check_stream(values, events)} |"
     ]
@@ -355,7 +374,7 @@ async def main(quick: bool) -> None:
         finally:
             bench.stop()
     print(
-        "| run | outcome | wall time | overhead vs in-process LangGraph | history per step "
+        "| run | outcome | wall time | overhead vs in-process LangGraph | history per LangGraph step "
         "| history | stream |"
     )
     print("|---|---|---|---|---|---|---|")
