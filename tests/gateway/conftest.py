@@ -20,7 +20,12 @@ from deepagent_temporal.transport.redis_reader import RedisStreamReader
 from tests.integration.conftest import start_worker  # noqa: F401 - the shared fixture
 
 SHAPES = "deepagent_temporal.examples.shapes"
-GRAPHS = ",".join(f"{SHAPES}:{n}" for n in ("deep_agent", "chat_approval", "long_agent"))
+GRAPHS = ",".join(
+    [
+        *(f"{SHAPES}:{n}" for n in ("deep_agent", "chat_approval", "long_agent")),
+        "tests.integration.configurable_graph:graph",
+    ]
+)
 API_KEY = "gateway-test-key"
 
 

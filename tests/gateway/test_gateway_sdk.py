@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httpx
 import pytest
 
 from deepagent_temporal.examples import shapes
@@ -157,6 +159,23 @@ async def test_stateless_run_stream(sdk):
     assert sorted(_texts(parts).values()) == sorted(
         [shapes.DEEP_SCRIPT[0]["content"], shapes.DEEP_SCRIPT[1]]
     )
+
+
+async def test_the_callers_configurable_reaches_the_nodes(sdk):
+    caller = {"user_id": "u-7", "model": "small", "limits": {"tokens": 5, "tags": ["a"]}}
+    thread = await sdk.threads.create()
+    result = await sdk.runs.wait(
+        thread["thread_id"],
+        "configurable_echo",
+        input={"messages": [{"role": "user", "content": "who am I?"}]},
+        config={"configurable": caller},
+    )
+    seen = json.loads(result["messages"][-1]["content"])
+    expected = {**caller, "thread_id": thread["thread_id"]}
+    assert seen == {"argument": expected, "get_config": expected}
+    with pytest.raises(httpx.HTTPStatusError) as refused:  # not an object: named, no 500
+        await sdk.runs.wait(None, "configurable_echo", input={}, config={"configurable": [1]})
+    assert refused.value.response.status_code == 422
 
 
 async def test_cancel_stops_the_run_and_its_model_call(sdk, gateway):

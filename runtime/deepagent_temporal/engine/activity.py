@@ -50,7 +50,7 @@ from deepagent_temporal.contract import (
     WorkerEnv,
     content_text,
 )
-from deepagent_temporal.engine import attempts
+from deepagent_temporal.engine import attempts, node_config
 from deepagent_temporal.transport.temporal import compact
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,6 @@ def make_node_activity(
     activity_name: str, func: Callable[..., Any]
 ) -> Callable[[NodeActivityInput], Awaitable[NodeActivityOutput]]:
     """Build the activity function that runs one graph node."""
-    from temporalio.langgraph._langgraph_config import set_langgraph_config
-
     try:
         accepts_runtime = "runtime" in inspect.signature(func).parameters
     except (TypeError, ValueError):
@@ -144,7 +142,7 @@ def make_node_activity(
             def writer(value: Any) -> None:  # noqa: F811 - thread-safe variant
                 loop.call_soon_threadsafe(inner, value)
 
-        runtime = set_langgraph_config(input.langgraph_config, stream_writer=writer)
+        runtime = node_config.restore(input.langgraph_config, stream_writer=writer)
         kwargs = dict(input.kwargs)
         if accepts_runtime:
             kwargs["runtime"] = runtime
@@ -169,16 +167,12 @@ def make_node_caller(
     activity_fn: Callable[..., Any], node_name: str, options: dict[str, Any]
 ) -> Callable[..., Awaitable[Any]]:
     """Build the coroutine LangGraph calls (in the workflow) in place of the node."""
-    from temporalio.langgraph._langgraph_config import (
-        get_langgraph_config,
-        strip_runnable_config,
-    )
 
     async def call_node(*args: Any, **kwargs: Any) -> Any:
         if "config" in kwargs:
-            kwargs["config"] = strip_runnable_config(kwargs["config"])
+            kwargs["config"] = node_config.for_activity(kwargs["config"])
         kwargs.pop("runtime", None)  # rebuilt in the activity
-        lg_config = get_langgraph_config()
+        lg_config = node_config.langgraph_config()
         ns = lg_config.get("configurable", {}).get("checkpoint_ns", "") or ""
         # the path of the (sub)graph this node belongs to; LangGraph's convention
         namespace = tuple(p for p in ns.split("|") if p)[:-1]

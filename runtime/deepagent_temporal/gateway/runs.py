@@ -425,12 +425,13 @@ def threads_poll_interval() -> Any:
 
 
 def _config(body: dict[str, Any], thread_id: str, assistant: Assistant) -> dict[str, Any]:
-    raw = dict(body.get("config") or {})
+    raw = body.get("config") or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("configurable") or {}, dict):
+        raise ApiError(422, "config and config.configurable must be JSON objects")
     out: dict[str, Any] = {k: raw[k] for k in _CONFIG_KEYS if raw.get(k) is not None}
+    # JSON from the request: any value reaches the nodes (config["configurable"], get_config())
     configurable = {
-        k: v
-        for k, v in (raw.get("configurable") or {}).items()
-        if not k.startswith("__") and isinstance(v, (str, int, float, bool, type(None)))
+        k: v for k, v in (raw.get("configurable") or {}).items() if not k.startswith("__")
     }
     if configurable:
         out["configurable"] = configurable
