@@ -52,3 +52,22 @@ def test_no_answer_releases_and_drain_gives_everything():
     gate.add("2-0", [ev("llm_start", call=1)])
     assert gate.ready(consumed=0)[1]
     assert [e[0] for e in gate.drain()] == ["2-0"] and not gate.backlog
+
+
+def test_a_stamped_call_waits_for_its_offset_without_asking():
+    """Workers stamp ``llm_start`` with the workflow stream's length when the node was
+    scheduled: the gate waits for that, and makes no request."""
+    gate = RedisGate(lambda e: True)
+    gate.add("1-0", [ev("llm_start", stream_offset=4), ev("token", index=0)])
+    gate.add("2-0", [ev("token", index=1)])
+    assert gate.ready(consumed=3) == ([], False)  # item 3 not read yet; no query
+    out, ask = gate.ready(consumed=4)
+    assert [e[0] for e in out] == ["1-0", "2-0"] and not ask
+    # already read that far: it goes at once
+    gate.add("3-0", [ev("llm_start", call=1, stream_offset=2)])
+    assert [e[0] for e in gate.ready(consumed=4)[0]] == ["3-0"]
+    # its own record still releases a wait
+    gate.add("4-0", [ev("llm_start", call=2, stream_offset=9)])
+    assert gate.ready(consumed=4) == ([], False)
+    gate.release_for([ev("llm_record", call=2)])
+    assert [e[0] for e in gate.ready(consumed=4)[0]] == ["4-0"]

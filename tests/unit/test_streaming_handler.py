@@ -75,6 +75,22 @@ async def test_ainvoke_streams_only_with_our_handler():
     assert {e["message_id"] for e in toks} == {result.id}
 
 
+async def test_a_call_start_says_how_far_the_workflow_stream_went():
+    """``stream_offset`` (the stream's length when the node was scheduled) is stamped on
+    every ``llm_start`` and nothing else: the gateway's ordering needs no query."""
+    model = ScriptedChatModel(script=[TEXT, TEXT])
+    h, got = make_handler(stream_offset=7)
+    await model.ainvoke("hi", config={"callbacks": [h]})
+    await model.ainvoke("again", config={"callbacks": [h]})
+    await h.flush()
+    assert [e.get("stream_offset") for e in got if e["type"] == "llm_start"] == [7, 7]
+    assert all("stream_offset" not in e for e in got if e["type"] != "llm_start")
+    plain, got_plain = make_handler()  # a handler without it stamps nothing
+    await model.ainvoke("hi", config={"callbacks": [plain]})
+    await plain.flush()
+    assert all("stream_offset" not in e for e in got_plain)
+
+
 async def test_sync_invoke_on_loop_thread_and_generic_fake_model():
     # model.invoke called from a sync function on the loop thread (no executor)
     h, got = make_handler()

@@ -77,6 +77,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         task_id: str | None = None,
         attempt: int = 1,
         segment: int = 0,
+        stream_offset: int | None = None,
         redis: RedisStreamBackend | None = None,
         temporal_publish: TemporalPublish | None = None,
         temporal_batch_interval: float = 0.05,
@@ -95,6 +96,7 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         self.task_id = task_id if task_id is not None else (node or "task")
         self.attempt = int(attempt)
         self.segment = int(segment)
+        self.stream_offset = stream_offset
         self.redis = redis
         self.flush_timeout = flush_timeout
         self._sink = sink  # test hook: receives every event on the loop thread, in order
@@ -210,7 +212,10 @@ class TokenCapturingHandler(BaseCallbackHandler, _StreamingCallbackHandler):
         with self._calls_lock:
             self._calls[run_id] = call
             self._all_calls.append(call)
-        self._submit(call, self._base(call, "llm_start"))
+        start = self._base(call, "llm_start")
+        if self.stream_offset is not None:
+            start["stream_offset"] = self.stream_offset
+        self._submit(call, start)
 
     def on_llm_new_token(
         self,

@@ -65,6 +65,9 @@ class TokenEvent(TypedDict, total=False):
     nostream: bool
     #: which part of the run: 0 until the first resume, +1 at every resume
     segment: int
+    #: on ``llm_start``: the workflow stream's length when the node was scheduled (the
+    #: graph events before the call in LangGraph's order are below it)
+    stream_offset: int
     #: on ``snapshot``: the call's text was recovered from the durable record
     snapshot: bool
     #: set by a reader: the Redis entry id (resume cursor); stripped before delivery

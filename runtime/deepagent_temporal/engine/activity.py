@@ -74,6 +74,8 @@ class NodeActivityInput:
     max_attempts: int = 0
     #: the run id naming the run's Redis stream (the first run of a continue-as-new chain)
     stream_run_id: str | None = None
+    #: the workflow stream's length when the node was scheduled (stamped on ``llm_start``)
+    stream_offset: int | None = None
 
 
 @dataclass
@@ -190,6 +192,7 @@ def make_node_caller(
                 segment=getattr(run, "segment", 0),
                 max_attempts=max_attempts,
                 stream_run_id=getattr(run, "stream_run_id", None),
+                stream_offset=run.stream._on_offset() if hasattr(run, "stream") else None,
             ),
             **opts,
         )
@@ -350,6 +353,7 @@ class TokenStreamingInterceptor(Interceptor):
             task_id=stream_task_id(info, node_input),
             attempt=info.attempt,
             segment=getattr(node_input, "segment", 0),
+            stream_offset=getattr(node_input, "stream_offset", None),
             redis=self.redis_stream_backend,
             temporal_publish=publish,
             temporal_batch_interval=self.temporal_batch_interval.total_seconds(),

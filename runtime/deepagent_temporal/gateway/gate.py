@@ -8,11 +8,13 @@ first tokens of a call can overtake them. The reference server never shows a cal
 tokens before the ``values`` of the step before it; neither do we:
 
 when a Redis entry starts an LLM call this stream has not seen, the Redis entries from
-it on wait (not consumed: the cursor's Redis id stays before them) while the gateway
-asks the workflow how far its stream goes (one query), until the Temporal path has been
-read that far. Everything published before the call started is then shown first. Items
-of that range published after the call started (its own durable record, hence its
-node's ``updates``) release the wait at once, so they still come after its tokens.
+it on wait (not consumed: the cursor's Redis id stays before them) until the Temporal
+path has been read as far as the workflow stream went when the call's node was
+scheduled: the call's ``llm_start`` says how far (``stream_offset``), so no request is
+made. (Events of workers that do not stamp it: the gateway asks the workflow how far its
+stream goes, one query.) Everything published before the node was scheduled is then
+shown first. Items of that range published later (the call's own durable record, hence
+its node's ``updates``) release the wait at once, so they still come after its tokens.
 """
 
 from __future__ import annotations
@@ -55,15 +57,20 @@ class RedisGate:
         out: list[Entry] = []
         while self.backlog:
             if self.wait_for is None:
-                new = {
-                    call_hash(ev)
+                starts = {
+                    call_hash(ev): ev.get("stream_offset")
                     for ev in self.backlog[0][1]
                     if ev.get("type") == "llm_start" and self.current(ev)
-                } - self.known
+                }
+                new = starts.keys() - self.known
                 if new:
                     self.known |= new
-                    self.wait_for = _ASKING
-                    return out, True
+                    stamped = [starts[h] for h in new]
+                    if None in stamped:
+                        self.wait_for = _ASKING
+                        return out, True
+                    self.wait_for = max(stamped)
+                    continue
             elif self.wait_for == _ASKING or consumed < self.wait_for:
                 return out, False
             self.wait_for = None
