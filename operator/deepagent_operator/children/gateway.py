@@ -2,8 +2,9 @@
 
 * Deployment ``<name>-gateway``: the runtime image (as the workers), the workers' environment
   (``worker_env``: Temporal, task queue, Redis, payload storage, ``spec.env``; ``spec.envFrom``
-  unless ``spec.gateway.workerEnvFrom`` is false) plus the gateway's own variables, the API key Secret mounted read-only as its keys file, probes on
-  ``/ok``, the Redis client label (the Managed Redis NetworkPolicy admits it);
+  unless ``spec.gateway.workerEnvFrom`` is false) plus the gateway's own variables, the API
+  key Secret mounted read-only as its keys file, probes on ``/ok``, the Redis client label
+  (the Managed Redis NetworkPolicy admits it);
 * Service ``<name>-gateway`` (``spec.gateway.service``), targeting the pods' gateway port;
 * Secret ``<name>-gateway-api-key``, created once with a random key when
   ``spec.gateway.apiKeySecretRef`` is unset (never applied, so never rotated by the operator).
