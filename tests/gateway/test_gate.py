@@ -71,3 +71,6 @@ def test_a_stamped_call_waits_for_its_offset_without_asking():
     assert gate.ready(consumed=4) == ([], False)
     gate.release_for([ev("llm_record", call=2)])
     assert [e[0] for e in gate.ready(consumed=4)[0]] == ["4-0"]
+    # an offset that is not a number is no stamp: the gate asks
+    gate.add("5-0", [ev("llm_start", call=3, stream_offset="9")])
+    assert gate.ready(consumed=4) == ([], True)

@@ -66,7 +66,7 @@ class RedisGate:
                 if new:
                     self.known |= new
                     stamped = [starts[h] for h in new]
-                    if None in stamped:
+                    if not all(type(o) is int for o in stamped):  # unstamped: ask
                         self.wait_for = _ASKING
                         return out, True
                     self.wait_for = max(stamped)
