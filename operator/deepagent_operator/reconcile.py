@@ -188,6 +188,10 @@ class Reconciler(WatchEvents):
                 observed[key], cached = hit.load(), True
             else:
                 observed[key] = self.kube.get(key[0], ns, key[1])
+                if observed[key] is not None and key[0] in WATCHED_KINDS:
+                    # a status computed from this read must not be undone by a refresh
+                    # from a watch event still queued behind it (older: not cached)
+                    state.see_child(key, observed[key])
         return observed, cached
 
     def _reconcile_locked(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
@@ -382,7 +386,12 @@ class Reconciler(WatchEvents):
         """A watched child as its watch (or our last write) left it, else read."""
         state = self.agents.peek((ns, agent))
         cached = state.children.get((kind, name)) if state is not None else None
-        return cached.load() if cached is not None else self.kube.get(kind, ns, name)
+        if cached is not None:
+            return cached.load()
+        obj = self.kube.get(kind, ns, name)
+        if obj is not None and state is not None and kind in WATCHED_KINDS:
+            state.see_child((kind, name), obj)
+        return obj
 
     def _agent(self, namespace: str, name: str) -> dict[str, Any] | None:
         state = self.agents.peek((namespace, name))

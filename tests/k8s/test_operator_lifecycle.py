@@ -238,7 +238,9 @@ def test_events_are_recorded(k8s_cluster, kube, ns, sample):
     ]
     # No flapping on the way up: one first phase, never Degraded.
     assert sum(e["message"].startswith("phase - ->") for e in items) == 1, items
-    assert "PhaseDegraded" not in {e["reason"] for e in items}
+    assert "PhaseDegraded" not in {e["reason"] for e in items}, [
+        (e["reason"], e["message"]) for e in items
+    ]
 
 
 # -- Must show: replicas / env / referenced Secret changes roll or scale ---------------------

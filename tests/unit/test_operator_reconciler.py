@@ -277,6 +277,27 @@ def test_a_status_refresh_reads_nothing_and_a_queued_event_never_undoes_a_write(
     assert watched() == [("DeepAgent", "agents", "coder")]
 
 
+def test_a_status_from_a_read_is_not_undone_by_a_queued_event(world):
+    """A reconcile that read children newer than the watch's cache computes the status from
+    them; an older event of one of them, still queued, must not then flip the status back
+    (it did: Ready -> Degraded -> Ready while Redis came up)."""
+    store, rec, events = world
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))
+    dep = store.objects[("Deployment", "agents", "coder-worker")]
+    sts = store.objects[("StatefulSet", "agents", "coder-redis")]
+    queued = copy.deepcopy(sts)  # the watch's copy: Redis not ready yet
+    ready = {"observedGeneration": 1, "readyReplicas": 1, "availableReplicas": 1,
+             "updatedReplicas": 1}  # fmt: skip
+    for obj, status in ((dep, ready), (sts, {"readyReplicas": 1})):
+        obj["status"] = status
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 100)
+    rec.reconcile(store.get("DeepAgent", "agents", "coder"))  # reads them
+    assert store.get("DeepAgent", "agents", "coder")["status"]["phase"] == "Ready"
+    rec.on_child_event("StatefulSet", "MODIFIED", queued)
+    assert store.get("DeepAgent", "agents", "coder")["status"]["phase"] == "Ready"
+    assert "PhaseDegraded" not in {e[1] for e in events}
+
+
 def test_deleted_or_edited_child_is_restored(world):
     store, rec, _ = world
     rec.reconcile(store.get("DeepAgent", "agents", "coder"))
