@@ -402,8 +402,8 @@ class Reconciler(WatchEvents):
         """Recompute the status from the children after one of them changed.
 
         The DeepAgent and its children come from the watches' cache (no read): a child as the
-        newest of its watch events and our own writes left it (by resourceVersion, so a queued
-        event cannot undo a write), the DeepAgent as its watch left it unless the last
+        newest of its watch events, our own writes and reads left it (by resourceVersion, so a
+        queued event cannot undo what a status was computed from), the DeepAgent as its watch left it unless the last
         reconcile worked from a newer generation. Refreshes that pile up behind the lock are
         coalesced: one that has not started yet sees every event that arrived before it starts.
         """

@@ -76,7 +76,7 @@ class AgentState:
     written: tuple[Any, dict[str, Any]] | None = None
     #: child writes the API server refused (HTTP 400 / 422), for back-off
     rejections: dict[ChildKey, Rejection] = dataclasses.field(default_factory=dict)
-    #: the watched children as last seen (watch event or write): a resync with nothing
+    #: the watched children as last seen (watch event, write or read): a resync with nothing
     #: changed compares against these instead of reading every child again, and a status
     #: refresh computes from them
     children: dict[ChildKey, Cached] = dataclasses.field(default_factory=dict)
