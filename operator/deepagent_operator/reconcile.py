@@ -187,12 +187,17 @@ class Reconciler(WatchEvents):
             if hit is not None:
                 observed[key], cached = hit.load(), True
             else:
-                observed[key] = self.kube.get(key[0], ns, key[1])
-                if observed[key] is not None and key[0] in WATCHED_KINDS:
-                    # a status computed from this read must not be undone by a refresh
-                    # from a watch event still queued behind it (older: not cached)
-                    state.see_child(key, observed[key])
+                observed[key] = self._read_child(state, ns, key)
         return observed, cached
+
+    def _read_child(self, state: AgentState | None, ns: str, key: ChildKey) -> Any:
+        """Read a child; a watched one goes into the cache too (newest by resourceVersion),
+        so a status computed from this read is not undone by a refresh from a watch event
+        still queued behind it."""
+        obj = self.kube.get(key[0], ns, key[1])
+        if obj is not None and state is not None and key[0] in WATCHED_KINDS:
+            state.see_child(key, obj)
+        return obj
 
     def _reconcile_locked(self, body: Mapping[str, Any], thorough: bool = False) -> dict[str, Any]:
         meta = body["metadata"]
@@ -386,12 +391,7 @@ class Reconciler(WatchEvents):
         """A watched child as its watch (or our last write) left it, else read."""
         state = self.agents.peek((ns, agent))
         cached = state.children.get((kind, name)) if state is not None else None
-        if cached is not None:
-            return cached.load()
-        obj = self.kube.get(kind, ns, name)
-        if obj is not None and state is not None and kind in WATCHED_KINDS:
-            state.see_child((kind, name), obj)
-        return obj
+        return cached.load() if cached is not None else self._read_child(state, ns, (kind, name))
 
     def _agent(self, namespace: str, name: str) -> dict[str, Any] | None:
         state = self.agents.peek((namespace, name))
@@ -403,8 +403,8 @@ class Reconciler(WatchEvents):
 
         The DeepAgent and its children come from the watches' cache (no read): a child as the
         newest of its watch events, our own writes and reads left it (by resourceVersion, so a
-        queued event cannot undo what a status was computed from), the DeepAgent as its watch left it unless the last
-        reconcile worked from a newer generation. Refreshes that pile up behind the lock are
+        queued event cannot undo what a status was computed from), the DeepAgent as its watch
+        left it unless the last reconcile worked from a newer generation. Refreshes that pile up behind the lock are
         coalesced: one that has not started yet sees every event that arrived before it starts.
         """
         key = (namespace, name)
